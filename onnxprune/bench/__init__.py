@@ -1,0 +1,1 @@
+"""Latency benchmarking helpers (onnxruntime; TensorRT may follow)."""

@@ -1,0 +1,148 @@
+"""Load, validate and normalise an ONNX model before analysis.
+
+Normalisation makes every exporter's output look alike: the input shape is fixed (a dynamic
+batch becomes 1; other dynamic dims need `--input-shape`), `Constant` nodes become
+initializers, constant sub-graphs (shape arithmetic) are folded, `Identity` nodes are dropped,
+nodes are sorted topologically and every tensor gets a static shape.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UserError
+
+MIN_OPSET = 11
+_TWO_GB = 2**31 - 1
+
+
+def load(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read a model (with its external data); every failure is a one-line UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, not an ONNX model")
+    if p.stat().st_size == 0:
+        raise UserError(f"{p}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types
+        raise UserError(f"{p}: not a readable ONNX model ({_first_line(exc)})") from None
+    if not model.graph.node or not model.opset_import:
+        raise UserError(f"{p}: not an ONNX model (no graph nodes or no opset)")
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except Exception as exc:
+        raise UserError(f"{p}: cannot read its external data ({_first_line(exc)})") from None
+    return model
+
+
+def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the target folder, then rename: never a partial file.
+
+    Models over 2 GB are written with one external-data file beside them.
+    """
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise UserError(f"{p.parent}: output folder does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        if model.ByteSize() > _TWO_GB or _has_external_data(model):
+            data_name = p.name + ".data"
+            tmp_data = p.parent / f".{data_name}.tmp"
+            onnx.save(model, tmp, save_as_external_data=True, location=tmp_data.name,
+                      all_tensors_to_one_file=True, size_threshold=1024)
+            _rename_external(tmp, tmp_data.name, data_name)
+            os.replace(tmp_data, p.parent / data_name)
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rename_external(model_path: str, old: str, new: str) -> None:
+    model = onnx.load(model_path, load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(model, model_path)
+
+
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise UserError("model imports no default-domain opset")
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs (old exporters also list initializers as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def parse_input_shapes(text: str | None, input_names: list[str]) -> dict[str, tuple[int, ...]]:
+    """`1x3x224x224` for a single input, `a:1x3x64x64,b:1x4` for several (trtexec style)."""
+    if not text:
+        return {}
+    shapes = {}
+    for part in text.split(","):
+        name, _, dims = part.rpartition(":")
+        if not name:
+            if len(input_names) != 1:
+                raise UserError(f"--input-shape {text!r}: name each input (name:1x3x224x224)")
+            name = input_names[0]
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--input-shape {text!r}: dims must be integers like 1x3x224x224") from None
+        if not shape or min(shape) <= 0:
+            raise UserError(f"--input-shape {text!r}: dims must be positive")
+        if name not in input_names:
+            raise UserError(f"--input-shape names {name!r}, but the inputs are {input_names}")
+        shapes[name] = shape
+    return shapes
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give every graph input a static shape, in place."""
+    for inp in graph_inputs(model):
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in shapes:
+            new = shapes[inp.name]
+            if len(new) != len(dims):
+                raise UserError(f"--input-shape for {inp.name!r} has rank {len(new)}, "
+                                f"the model's input has rank {len(dims)}")
+        else:
+            new = []
+            for axis, d in enumerate(dims):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    new.append(d.dim_value)
+                elif axis == 0:
+                    new.append(1)
+                else:
+                    raise UserError(f"input {inp.name!r} has a dynamic dimension "
+                                    f"{d.dim_param or '?'!r} at axis {axis}: pass "
+                                    f"--input-shape (e.g. 1x3x640x640)")
+        for d, v in zip(dims, new):
+            d.Clear()
+            d.dim_value = int(v)

@@ -1,0 +1,46 @@
+"""Importance of each channel unit. Data-free criteria live here (numpy only):
+
+- l1:  I_u = Σ_{producers p of u} Σ |W_p[i_u, ...]|      (norm of the unit's producer slices)
+- l2:  I_u = Σ_{producers p of u} sqrt(Σ W_p[i_u, ...]²)
+- random: I_u ~ U(0, 1), seeded — the baseline every benchmark includes.
+
+Producers are the initializer axes a rule declared with Role.PRODUCER (Conv W rows and bias,
+Gemm output columns and bias). Data criteria (fisher, hrank, taylor) are computed by the
+`calibrate` package in PyTorch and imported only when asked for.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from .config import Criterion
+from .errors import UserError
+from .flow import Role
+from .units import Channels
+
+
+def _slice_norms(value: np.ndarray, axis: int, criterion: Criterion) -> np.ndarray:
+    moved = np.moveaxis(value.astype(np.float64), axis, 0).reshape(value.shape[axis], -1)
+    if criterion is Criterion.L1:
+        return np.abs(moved).sum(axis=1)
+    return np.sqrt((moved ** 2).sum(axis=1))
+
+
+def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:
+    inits = {i.name: i for i in channels.model.graph.initializer}
+    per_node = np.zeros(len(channels.labels))
+    for key, info in channels.spaces.items():
+        if key[0] != "p" or info.role is not Role.PRODUCER:
+            continue
+        value = numpy_helper.to_array(inits[key[1]])
+        per_node[info.offset:info.offset + info.size] = _slice_norms(value, key[2], criterion)
+    return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
+
+
+def data_free_scores(channels: Channels, criterion: Criterion, seed: int) -> np.ndarray:
+    """One score per component (blocked ones included; the planner skips them)."""
+    if criterion is Criterion.RANDOM:
+        return np.random.default_rng(seed).random(channels.n_components)
+    if criterion in (Criterion.L1, Criterion.L2):
+        return magnitude_scores(channels, criterion)
+    raise UserError(f"--criterion {criterion.value} needs calibration data (--data)")

@@ -1,0 +1,126 @@
+"""Global greedy planner: remove the unit with the lowest normalised score until the target.
+
+Normalised score (Group Fisher, Liu et al. 2021): s_u = I_u / ΔM_u (memory), I_u / ΔMACs_u
+(flops) or I_u (none). Rounding: a layer group whose channel count is a multiple of
+`round_to` loses whole chunks of units, each chunk holding a multiple of `round_to` channels;
+the chunk's score is Σ I / Σ norm over its units. A layer group never drops below one rounding
+unit (`round_to` channels), so no tensor ever loses all its channels.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Normalize, Target, TargetKind
+from .cost import CostModel, Costs
+from .errors import UserError
+from .groups import LayerGroup
+from .units import Channels
+
+
+class TargetUnreachable(UserError):
+    """The target needs more than the prunable channels can give."""
+
+
+@dataclass
+class Plan:
+    removed: np.ndarray   # bool per component
+    kept: np.ndarray      # channels kept per channel space
+    before: Costs
+    after: Costs
+
+
+def cost_value(costs: Costs, kind: TargetKind) -> float:
+    return {TargetKind.MEM: costs.mem, TargetKind.FLOPS: costs.macs,
+            TargetKind.PARAMS: costs.params}[kind]
+
+
+@dataclass
+class _Chunks:
+    group: LayerGroup
+    order: np.ndarray     # prunable units, lowest normalised score first
+    size: int             # units per chunk
+    count: int            # chunks that may go
+    taken: int = 0
+
+    def next(self) -> np.ndarray:
+        return self.order[self.taken * self.size:(self.taken + 1) * self.size]
+
+
+def _chunks(group: LayerGroup, blocked: np.ndarray, unit_score: np.ndarray, round_to: int):
+    units = group.units[~blocked[group.units]]
+    per_unit = group.channels_per_unit
+    size = 1
+    if round_to > 1 and group.channels % round_to == 0:
+        size = round_to // math.gcd(round_to, per_unit)
+    keep = min(len(group.units), max(1, math.ceil(round_to / per_unit)))
+    removable = min(len(units), len(group.units) - keep)
+    order = units[np.argsort(unit_score[units], kind="stable")]
+    return _Chunks(group, order, size, max(removable // size, 0))
+
+
+class _Removal:
+    """Removes units one chunk at a time, keeping kept-channel counts per space."""
+
+    def __init__(self, channels: Channels, costs: CostModel):
+        n_spaces = len(costs.keys)
+        pairs, counts = np.unique(channels.labels * n_spaces + costs.node_space, return_counts=True)
+        self.comp, self.space, self.counts = pairs // n_spaces, pairs % n_spaces, counts
+        self.starts = np.searchsorted(self.comp, np.arange(channels.n_components + 1))
+        self.kept = costs.sizes.copy()
+        self.removed = np.zeros(channels.n_components, dtype=bool)
+
+    def remove(self, units: np.ndarray) -> None:
+        for u in units.tolist():
+            s, e = self.starts[u], self.starts[u + 1]
+            self.kept[self.space[s:e]] -= self.counts[s:e]
+        self.removed[units] = True
+
+
+def _normaliser(channels: Channels, costs: CostModel, normalize: Normalize) -> np.ndarray:
+    if normalize is Normalize.NONE:
+        return np.ones(channels.n_components)
+    per_node = costs.per_node_mem() if normalize is Normalize.MEM else costs.per_node_macs()
+    return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
+
+
+def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
+                 scores: np.ndarray, target: Target, normalize: Normalize, round_to: int) -> Plan:
+    """Greedy over layer-group chunks, cheapest normalised score first (module docstring)."""
+    norm = np.maximum(_normaliser(channels, costs, normalize), 1e-12)
+    unit_score = scores / norm
+    chunks = [_chunks(g, channels.blocked, unit_score, round_to) for g in groups if not g.blocked]
+    heap = [(_chunk_score(c, scores, norm), i) for i, c in enumerate(chunks) if c.count > 0]
+    heapq.heapify(heap)
+    removal = _Removal(channels, costs)
+    before = costs.costs()
+    goal = target.fraction * cost_value(before, target.kind)
+    while cost_value(costs.costs(removal.kept), target.kind) > goal:
+        if not heap:
+            raise TargetUnreachable(unreachable_message(before, costs.costs(removal.kept),
+                                                        target, groups))
+        _, i = heapq.heappop(heap)
+        removal.remove(chunks[i].next())
+        chunks[i].taken += 1
+        if chunks[i].taken < chunks[i].count:
+            heapq.heappush(heap, (_chunk_score(chunks[i], scores, norm), i))
+    return Plan(removal.removed, removal.kept, before, costs.costs(removal.kept))
+
+
+def _chunk_score(chunk: _Chunks, scores: np.ndarray, norm: np.ndarray) -> float:
+    units = chunk.next()
+    return float(scores[units].sum() / norm[units].sum())
+
+
+def unreachable_message(before: Costs, floor: Costs, target: Target, groups) -> str:
+    kind = target.kind
+    reach = cost_value(floor, kind) / max(cost_value(before, kind), 1e-12)
+    blocked = sorted((g for g in groups if g.blocked), key=lambda g: -g.channels)[:3]
+    why = "; ".join(f"{g.channels} ch at {g.tensors[0]} ({g.reasons[0] if g.reasons else '?'})"
+                    for g in blocked)
+    return (f"--target-{kind.value} {target.fraction:g} cannot be reached: the reachable minimum "
+            f"is {reach:.3f} of the original with what is prunable"
+            + (f"; largest blocked groups: {why}" if why else ""))

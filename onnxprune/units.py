@@ -1,0 +1,162 @@
+"""Channel units: per-channel union-find over every tensor's and initializer axis's channels.
+
+Every channel space (a tensor's channel axis, or an initializer axis a rule declared) gets a
+range of node ids; the rules' links become edges; a connected component is a unit, the
+smallest set of channels that must go together. A component that touches a graph input or
+output, an op without a rule, or a channel layout a rule could not describe is blocked, and
+keeps every reason so that `onnxprune analyze` can show it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .context import Ctx, Space
+from .flow import Block, Flow, Key, Role, param_key, tensor_key
+from .graph import graph_inputs, opset
+from .rules import RULES
+from .unionfind import components
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class SpaceInfo:
+    key: Key
+    offset: int
+    size: int
+    axis: int
+    role: Role | None = None  # for initializer axes: how surgery reports the slice
+
+
+@dataclass
+class Channels:
+    """Result of the channel analysis of one normalised model."""
+    model: onnx.ModelProto
+    spaces: dict[Key, SpaceInfo]
+    labels: np.ndarray                 # component id (0..K-1) of every channel node
+    blocked: np.ndarray                # bool per component
+    reasons: dict[int, list[str]]      # component -> distinct blocking reasons
+    fixups: list[tuple[int, object]] = field(default_factory=list)  # (node index, fixup)
+
+    @property
+    def n_components(self) -> int:
+        return len(self.blocked)
+
+    def nodes(self, key: Key) -> np.ndarray:
+        info = self.spaces[key]
+        return np.arange(info.offset, info.offset + info.size)
+
+
+class _Builder:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.spaces: dict[Key, SpaceInfo] = {}
+        self.size = 0
+        self.edges: list[tuple[np.ndarray, np.ndarray]] = []
+        self.blocks: list[tuple[Key, str]] = []
+        self.opaque: dict[str, str] = {i.name: "graph input" for i in graph_inputs(model)}
+        self.foreign_reads: list[tuple[str, str]] = []
+        self.fixups: list = []
+        self.ctx = Ctx(model, opset(model), self.space_of)
+
+    def new_space(self, key: Key, axis: int, size: int, role: Role | None = None) -> SpaceInfo:
+        if key not in self.spaces:
+            self.spaces[key] = SpaceInfo(key, self.size, int(size), axis, role)
+            self.size += int(size)
+        return self.spaces[key]
+
+    def space_of(self, name: str) -> Space | None:
+        key = tensor_key(name)
+        if key not in self.spaces:
+            rank = len(self.ctx.shape(name))
+            if rank == 0:
+                return None
+            axis = 1 if rank >= 2 else 0
+            self.new_space(key, axis, self.ctx.shape(name)[axis])
+            self.blocks.append((key, self.opaque.get(name, "no rule declared its channels")))
+        info = self.spaces[key]
+        return Space(info.axis, info.size)
+
+    def apply(self, index: int, node: onnx.NodeProto, result: Flow | Block) -> None:
+        where = f"{node.op_type} {node.name}"
+        if isinstance(result, Block):
+            self._block_node(node, f"{where}: {result.reason}")
+            return
+        for name, (axis, size) in result.outputs.items():
+            self.new_space(tensor_key(name), axis, size)
+        for decl in result.params:
+            dim = self.ctx.shape(decl.initializer)[decl.axis]
+            self.new_space(param_key(decl.initializer, decl.axis), decl.axis, dim, decl.role)
+        for a, a_idx, b, b_idx in result.links:
+            self.edges.append((self.spaces[a].offset + a_idx, self.spaces[b].offset + b_idx))
+        self.blocks.extend((key, f"{where}: {reason}") for key, reason in result.blocks)
+        for name in node.input:
+            if self.ctx.is_const(name) and name not in result.consts:
+                self.foreign_reads.append((name, where))
+        if result.fixup is not None:
+            self.fixups.append((index, result.fixup))
+
+    def _block_node(self, node: onnx.NodeProto, reason: str) -> None:
+        for name in node.input:
+            if not name:
+                continue
+            if self.ctx.is_const(name):
+                self.foreign_reads.append((name, reason))
+            elif self.ctx.space(name) is not None:
+                self.blocks.append((tensor_key(name), reason))
+        for name in node.output:
+            if name:
+                self.opaque[name] = f"output of {reason}"
+
+    def finish(self) -> Channels:
+        for out in self.model.graph.output:
+            if self.ctx.space(out.name) is not None:
+                self.blocks.append((tensor_key(out.name), "graph output"))
+        params_by_init: dict[str, list[Key]] = {}
+        for key in self.spaces:
+            if key[0] == "p":
+                params_by_init.setdefault(key[1], []).append(key)
+        for name, where in self.foreign_reads:
+            for key in params_by_init.get(name, []):
+                self.blocks.append((key, f"initializer {name} is also read by {where}"))
+        return self._components()
+
+    def _components(self) -> Channels:
+        a = np.concatenate([e[0] for e in self.edges]) if self.edges else np.zeros(0, np.int64)
+        b = np.concatenate([e[1] for e in self.edges]) if self.edges else np.zeros(0, np.int64)
+        _, labels = np.unique(components(self.size, a, b), return_inverse=True)
+        blocked = np.zeros(labels.max() + 1 if self.size else 0, dtype=bool)
+        reasons: dict[int, list[str]] = {}
+        for key, reason in self.blocks:
+            info = self.spaces[key]
+            comps = np.unique(labels[info.offset:info.offset + info.size])
+            blocked[comps] = True
+            for comp in comps.tolist():
+                if reason not in reasons.setdefault(comp, []):
+                    reasons[comp].append(reason)
+        return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups)
+
+
+def find_channels(model: onnx.ModelProto) -> Channels:
+    """Run every node's rule over a normalised model (topologically sorted, static shapes)."""
+    builder = _Builder(model)
+    for index, node in enumerate(model.graph.node):
+        builder.apply(index, node, _run_rule(node, builder.ctx))
+    return builder.finish()
+
+
+def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
+    if node.domain not in ("", "ai.onnx"):
+        return Block(f"custom op domain {node.domain!r} has no channel rule")
+    rule = RULES.get(node.op_type)
+    if rule is None:
+        return Block(f"no channel rule for {node.op_type}")
+    try:
+        return rule(node, ctx)
+    except Exception as exc:  # a rule that cannot read its node blocks it, never guesses
+        _LOG.debug("rule %s failed on %s", node.op_type, node.name, exc_info=True)
+        return Block(f"{node.op_type} could not be analysed ({type(exc).__name__}: {exc})")
