@@ -100,8 +100,8 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
     goal = target.fraction * cost_value(before, target.kind)
     while cost_value(costs.costs(removal.kept), target.kind) > goal:
         if not heap:
-            raise TargetUnreachable(unreachable_message(before, costs.costs(removal.kept),
-                                                        target, groups))
+            raise TargetUnreachable(unreachable_message(
+                before, reachable_minimum(channels, groups, costs, round_to), target, groups))
         _, i = heapq.heappop(heap)
         removal.remove(chunks[i].next())
         chunks[i].taken += 1
@@ -124,3 +124,16 @@ def unreachable_message(before: Costs, floor: Costs, target: Target, groups) -> 
     return (f"--target-{kind.value} {target.fraction:g} cannot be reached: the reachable minimum "
             f"is {reach:.3f} of the original with what is prunable"
             + (f"; largest blocked groups: {why}" if why else ""))
+
+
+def reachable_minimum(channels: Channels, groups: list[LayerGroup], costs: CostModel,
+                      round_to: int) -> Costs:
+    """Costs once every prunable chunk of every layer group is gone."""
+    removal = _Removal(channels, costs)
+    zero = np.zeros(channels.n_components)
+    for group in groups:
+        if group.blocked:
+            continue
+        chunk = _chunks(group, channels.blocked, zero, round_to)
+        removal.remove(chunk.order[:chunk.count * chunk.size])
+    return costs.costs(removal.kept)

@@ -32,14 +32,16 @@ def unary(node, ctx):
 
 
 def _channel_axis(node, ctx, out_rank, out_shape):
-    """The output axis that carries channels: that of the first non-broadcast activation."""
+    """The output axis that carries channels: that of the first non-broadcast activation
+    (one with more than one channel if there is one)."""
+    candidates = []
     for name in present(node.input):
         space = ctx.space(name)
         if space is not None:
             axis = space.axis + out_rank - ctx.rank(name)
-            if out_shape[axis] == space.size and space.size > 1:
-                return axis
-    return None
+            if out_shape[axis] == space.size:
+                candidates.append((space.size == 1, axis))
+    return min(candidates)[1] if candidates else None
 
 
 def _couple_input(flow, ctx, name, out, axis, out_rank, size):
@@ -48,7 +50,7 @@ def _couple_input(flow, ctx, name, out, axis, out_rank, size):
     width = shape[in_axis] if in_axis >= 0 else 1
     if ctx.is_const(name):
         flow.consts.add(name)
-        if width == size:
+        if in_axis >= 0 and width == size:
             flow.param(name, in_axis, Role.PASSTHROUGH, T(out), size=size)
         return None
     space = ctx.space(name)

@@ -74,6 +74,8 @@ def reshape(node, ctx):
     if int(np.prod(in_shape)) > _MAX_POSITIONS:
         return Block("reshape of a tensor too large to map")
     found = best_axis(in_shape, space.axis, out_shape)
+    if found is None and space.size == 1:  # a single element: any axis of size 1 carries it
+        found = (min(1, len(out_shape) - 1), np.zeros(1, np.int64), np.zeros(1, np.int64))
     if found is None:
         return Block(f"{node.op_type} leaves no axis to carry the channels")
     out_axis, c_in, c_out = found

@@ -1,0 +1,155 @@
+"""The `onnxprune` command.
+
+    onnxprune MODEL --target-mem 0.5 [-o OUT] [--criterion l1] [--report r.json] ...
+    onnxprune analyze MODEL [--input-shape 1x3x224x224]
+
+A user error prints one line on stderr and exits 2; nothing is written. An internal failure
+(including a pruned model that fails the oracle) exits 1, also without writing anything.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from .config import Criterion, Normalize, PruneConfig, Target, TargetKind
+from .errors import UserError, VerificationError
+
+DATA_FREE = [c.value for c in Criterion if not c.needs_data]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user error
+        raise UserError(message)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction strictly between 0 and 1")
+    return value
+
+
+def _add_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", metavar="SHAPES",
+                   help="static input shape: 1x3x224x224, or name:1x3x640x640,other:1x4")
+
+
+def prune_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune", description="Prune coupled channels of an ONNX CNN to a "
+                "target and prove the result equals the original minus those channels. "
+                "`onnxprune analyze MODEL` shows the channel groups.")
+    p.add_argument("model", help="input .onnx (never modified)")
+    targets = p.add_mutually_exclusive_group(required=True)
+    for kind in TargetKind:
+        targets.add_argument(f"--target-{kind.value}", type=_fraction, metavar="F",
+                             help=f"keep {kind.value} <= F x the original's")
+    p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx)")
+    p.add_argument("--criterion", choices=DATA_FREE, default="l1",
+                   help="channel importance (data-free): l1, l2 or random (default l1)")
+    p.add_argument("--normalize", choices=[n.value for n in Normalize], default="mem",
+                   help="divide importance by the memory (default), MACs, or nothing removed")
+    p.add_argument("--round-to", type=int, default=8, metavar="N",
+                   help="keep each layer group a multiple of N channels where it was one "
+                        "(default 8; 1 turns rounding off)")
+    _add_shape(p)
+    p.add_argument("--report", metavar="JSON", help="write a machine-readable record")
+    p.add_argument("--seed", type=int, default=0, help="seed for random scores and inputs")
+    return p
+
+
+def analyze_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune analyze", description="Show layer groups, costs, and what "
+                "each target can reach.")
+    p.add_argument("model")
+    _add_shape(p)
+    p.add_argument("--round-to", type=int, default=8, metavar="N")
+    return p
+
+
+def _output_path(args) -> Path:
+    source = Path(args.model)
+    out = Path(args.output) if args.output else source.with_name(source.stem + ".pruned.onnx")
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise UserError(f"{out}: output path is the input path; the input is never overwritten")
+    if not out.parent.resolve().is_dir():
+        raise UserError(f"{out.parent}: output folder does not exist")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory")
+    return out
+
+
+def _config(args, shapes) -> PruneConfig:
+    kind = next(k for k in TargetKind if getattr(args, f"target_{k.value}") is not None)
+    if args.round_to < 1:
+        raise UserError(f"--round-to {args.round_to}: must be >= 1")
+    return PruneConfig(target=Target(kind, getattr(args, f"target_{kind.value}")),
+                       criterion=Criterion(args.criterion), normalize=Normalize(args.normalize),
+                       round_to=args.round_to, seed=args.seed, input_shapes=shapes)
+
+
+def _shapes(args, model) -> dict:
+    from .graph import graph_inputs, parse_input_shapes
+
+    return parse_input_shapes(args.input_shape, [i.name for i in graph_inputs(model)])
+
+
+def run_prune(argv: list[str]) -> int:
+    from .api import prune
+    from .graph import load, save_atomic
+    from .report import prune_record, prune_summary, write_json_atomic
+
+    args = prune_parser().parse_args(argv)
+    output = _output_path(args)
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        raise UserError(f"{args.report}: report folder does not exist")
+    model = load(args.model)
+    config = _config(args, _shapes(args, model))
+    result = prune(model, config)
+    save_atomic(result.model, output)
+    if args.report:
+        write_json_atomic(prune_record(result, config, args.model, str(output)), args.report)
+    print(prune_summary(result, str(output)))
+    return 0
+
+
+def run_analyze(argv: list[str]) -> int:
+    from .api import analyze
+    from .graph import load
+    from .planner import reachable_minimum
+    from .report import analysis_text
+
+    args = analyze_parser().parse_args(argv)
+    model = load(args.model)
+    analysis = analyze(model, _shapes(args, model))
+    minimum = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, args.round_to)
+    print(analysis_text(analysis, minimum))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "analyze":
+            return run_analyze(argv[1:])
+        return run_prune(argv[1:] if argv and argv[0] == "prune" else argv)
+    except UserError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        print(f"onnxprune: internal error, nothing written: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted, nothing written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user, unless asked for
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        print(f"onnxprune: internal error, nothing written: {type(exc).__name__}: {exc} "
+              f"(set ONNXPRUNE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
