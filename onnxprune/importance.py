@@ -20,10 +20,10 @@ from .units import Channels
 
 
 def _slice_norms(value: np.ndarray, axis: int, criterion: Criterion) -> np.ndarray:
-    moved = np.moveaxis(value.astype(np.float64), axis, 0).reshape(value.shape[axis], -1)
+    others = tuple(a for a in range(value.ndim) if a != axis)
     if criterion is Criterion.L1:
-        return np.abs(moved).sum(axis=1)
-    return np.sqrt((moved ** 2).sum(axis=1))
+        return np.abs(value).sum(axis=others, dtype=np.float64)
+    return np.sqrt(np.square(value).sum(axis=others, dtype=np.float64))
 
 
 def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:

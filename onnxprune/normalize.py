@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from .errors import UserError
 from .graph import MIN_OPSET, fix_input_shapes, graph_inputs, opset
+from .weights import infer_shapes
 
 _LOG = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = infer_shapes(model, data_prop=True)
     except Exception as exc:
         raise UserError(f"ONNX shape inference failed on this model: "
                         f"{str(exc).splitlines()[0][:200]}") from None

@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 from .flow import tensor_key
 from .units import Channels
+from .weights import infer_shapes
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {n for node in model.graph.node for n in node.input}
     used |= {o.name for o in model.graph.output}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    inits = model.graph.initializer
+    for index in reversed(range(len(inits))):
+        if inits[index].name not in used:
+            del inits[index]
 
 
 def apply_plan(channels: Channels, removed_components: np.ndarray) -> tuple[onnx.ModelProto, list[Slice]]:
@@ -107,5 +109,4 @@ def apply_plan(channels: Channels, removed_components: np.ndarray) -> tuple[onnx
     for index, fixup in channels.fixups:
         fixup(model.graph.node[index], edit)
     _drop_unused_initializers(model)
-    del model.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(model), slices
+    return infer_shapes(model), slices

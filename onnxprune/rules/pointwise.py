@@ -96,22 +96,35 @@ def per_channel_norm(node, ctx):
     return flow
 
 
+def _pass_but_block(x: str, out: str, space, reason: str) -> Flow:
+    """Channel layout passes through (so later ops still see where channels are) but the
+    channels cannot be removed: the op mixes them."""
+    flow = Flow().output(out, space.axis, space.size).same(T(x), T(out), space.size)
+    return flow.block(T(x), reason)
+
+
 @rule("LayerNormalization")
 def layer_norm(node, ctx):
     """Statistics over axes [axis, rank): exact only if the channel axis is not among them."""
     x, out = node.input[0], node.output[0]
     space, rank = ctx.space(x), ctx.rank(x)
+    flow = Flow()
     if space.axis >= norm_axis(ctx.attrs(node)["axis"], rank):
-        return Block("LayerNormalization normalises over the channels: removing one changes "
-                     "the statistics of the others")
-    flow = Flow().output(out, space.axis, space.size).same(T(x), T(out), space.size)
+        flow = _pass_but_block(x, out, space, "LayerNormalization normalises over the channels: "
+                               "removing one changes the statistics of the others")
+    else:
+        flow.output(out, space.axis, space.size).same(T(x), T(out), space.size)
     flow.consts.update(present(node.input[1:]))
     return flow
 
 
 @rule("GroupNormalization")
 def group_norm(node, ctx):
-    return Block("GroupNormalization shares statistics across the channels of a group")
+    x, out = node.input[0], node.output[0]
+    flow = _pass_but_block(x, out, ctx.space(x), "GroupNormalization shares statistics across "
+                           "the channels of a group")
+    flow.consts.update(present(node.input[1:]))
+    return flow
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")
@@ -123,5 +136,5 @@ def softmax(node, ctx):
     axis = norm_axis(ctx.attrs(node).get("axis", default), rank)
     mixes = space.axis == axis if ctx.opset >= 13 else space.axis >= axis
     if mixes:
-        return Block(f"{node.op_type} normalises across the channels")
+        return _pass_but_block(x, out, space, f"{node.op_type} normalises across the channels")
     return Flow().output(out, space.axis, space.size).same(T(x), T(out), space.size)
