@@ -83,6 +83,8 @@ class _Builder:
 
     def apply(self, index: int, node: onnx.NodeProto, result: Flow | Block) -> None:
         where = f"{node.op_type} {node.name}"
+        if isinstance(result, Flow) and not self._fits(result):
+            result = Block("its channel map does not fit the tensor shapes")
         if isinstance(result, Block):
             self._block_node(node, f"{where}: {result.reason}")
             return
@@ -99,6 +101,19 @@ class _Builder:
                 self.foreign_reads.append((name, where))
         if result.fixup is not None:
             self.fixups.append((index, result.fixup))
+
+    def _fits(self, flow: Flow) -> bool:
+        """Every linked index lies inside its space (a malformed graph must not slip by)."""
+        sizes = {name: size for name, (_, size) in flow.outputs.items()}
+        for decl in flow.params:
+            sizes[decl.initializer, decl.axis] = self.ctx.shape(decl.initializer)[decl.axis]
+        for a, a_idx, b, b_idx in flow.links:
+            for key, idx in ((a, a_idx), (b, b_idx)):
+                known = self.spaces.get(key)
+                size = known.size if known else sizes.get(key[1] if key[0] == "t" else key[1:])
+                if size is None or (len(idx) and (idx.min() < 0 or idx.max() >= size)):
+                    return False
+        return True
 
     def _block_node(self, node: onnx.NodeProto, reason: str) -> None:
         for name in node.input:

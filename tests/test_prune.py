@@ -1,0 +1,79 @@
+"""Planner, surgery and oracle through the Python API."""
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxprune.api import analyze, prune, random_plan
+from onnxprune.config import Criterion, Normalize, PruneConfig, Target, TargetKind
+from onnxprune.errors import VerificationError
+from onnxprune.planner import TargetUnreachable
+from onnxprune.surgery import apply_plan
+from onnxprune.verify import verify
+from tiny import small_resnet
+
+
+def _config(kind=TargetKind.MEM, fraction=0.5, **kw):
+    return PruneConfig(target=Target(kind, fraction), **kw)
+
+
+@pytest.mark.parametrize("kind", list(TargetKind))
+@pytest.mark.parametrize("criterion", [Criterion.L1, Criterion.L2, Criterion.RANDOM])
+def test_each_target_is_met_and_exact(kind, criterion):
+    result = prune(small_resnet(width=32), _config(kind, 0.6, criterion=criterion, round_to=1))
+    field = {TargetKind.MEM: "mem", TargetKind.FLOPS: "macs", TargetKind.PARAMS: "params"}[kind]
+    assert getattr(result.plan.after, field) <= 0.6 * getattr(result.plan.before, field)
+    assert result.error <= 1e-4
+    inputs = [i.name for i in result.model.graph.input]
+    assert inputs == ["input"] and [o.name for o in result.model.graph.output] == ["logits"]
+
+
+def test_tensors_are_really_narrower():
+    result = prune(small_resnet(width=32), _config(round_to=1))
+    before = {i.name: tuple(i.dims) for i in result.analysis.model.graph.initializer}
+    after = {i.name: tuple(i.dims) for i in result.model.graph.initializer}
+    assert after["wa1"][0] < before["wa1"][0]
+    assert sum(np.prod(d) for d in after.values()) < sum(np.prod(d) for d in before.values())
+
+
+def test_rounding_keeps_multiples_of_n():
+    result = prune(small_resnet(width=32), _config(fraction=0.7, round_to=8))
+    for group in result.analysis.groups:
+        if not group.blocked:
+            kept = (len(group.units) - result.plan.removed[group.units].sum()) * group.channels_per_unit
+            assert kept % 8 == 0 and kept >= 8
+
+
+def test_normalisers_change_the_plan():
+    model = small_resnet(width=32)
+    plans = [prune(model, _config(TargetKind.FLOPS, 0.6, normalize=n, round_to=1)).plan.removed
+             for n in Normalize]
+    assert not np.array_equal(plans[0], plans[2]) or not np.array_equal(plans[1], plans[2])
+
+
+def test_unreachable_target_names_the_minimum():
+    with pytest.raises(TargetUnreachable, match="reachable minimum is 0.[0-9]+"):
+        prune(small_resnet(), _config(fraction=0.01))
+
+
+def test_oracle_is_not_vacuous():
+    analysis = analyze(small_resnet(width=32))
+    removed = random_plan(analysis, np.random.default_rng(3))
+    pruned, slices = apply_plan(analysis.channels, removed)
+    verify(analysis.model, pruned, slices)
+    with pytest.raises(VerificationError):
+        verify(analysis.model, pruned, [])  # reference without the zeroed sinks
+    head = next(i for i in pruned.graph.initializer if i.name == "wf")
+    head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head) * 1.001, "wf"))
+    with pytest.raises(VerificationError):
+        verify(analysis.model, pruned, slices)
+
+
+def test_dynamic_batch_defaults_to_one_and_input_is_untouched():
+    model = small_resnet(batch="N")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    result = prune(model, _config())
+    dims = result.model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1
+    assert model == copy

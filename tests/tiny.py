@@ -1,0 +1,106 @@
+"""Tiny graph factories for the per-rule tests, and helpers to read their channel units."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.api import analyze, random_plan
+from onnxprune.flow import param_key, tensor_key
+from onnxprune.surgery import apply_plan
+from onnxprune.verify import verify
+
+node = helper.make_node
+_RNG = np.random.default_rng(0)
+
+
+def make(nodes, inputs: dict, outputs: list[str], inits: dict | None = None, opset: int = 17):
+    """A model from nodes; `inits` values are arrays, or shapes to fill with random floats."""
+    tensors = []
+    for name, value in (inits or {}).items():
+        if isinstance(value, tuple):
+            value = _RNG.standard_normal(value).astype(np.float32)
+        tensors.append(numpy_helper.from_array(np.asarray(value), name))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+
+    return model
+
+
+def conv(x, out, w, c_in, c_out, k=1, group=1, bias=None):
+    """A Conv node plus the weight shape it needs: (node, {w: shape})."""
+    inputs = [x, w] + ([bias] if bias else [])
+    n = node("Conv", inputs, [out], group=group, kernel_shape=[k, k], pads=[k // 2] * 4)
+    shapes = {w: (c_out, c_in // group, k, k)}
+    if bias:
+        shapes[bias] = (c_out,)
+    return n, shapes
+
+
+class Units:
+    """Component labels of each channel space of an analysed model."""
+
+    def __init__(self, model):
+        self.analysis = analyze(model)
+        self.channels = self.analysis.channels
+
+    def of(self, tensor: str) -> np.ndarray:
+        return self.channels.labels[self.channels.nodes(tensor_key(tensor))]
+
+    def of_param(self, name: str, axis: int) -> np.ndarray:
+        return self.channels.labels[self.channels.nodes(param_key(name, axis))]
+
+    def has_param(self, name: str, axis: int) -> bool:
+        return param_key(name, axis) in self.channels.spaces
+
+    def blocked(self, tensor: str) -> np.ndarray:
+        return self.channels.blocked[self.of(tensor)]
+
+    def reasons(self, tensor: str) -> list[str]:
+        return sorted({r for c in np.unique(self.of(tensor)) for r in self.channels.reasons.get(int(c), [])})
+
+    def distinct(self, tensor: str) -> bool:
+        return len(np.unique(self.of(tensor))) == len(self.of(tensor))
+
+
+def prunes_exactly(model, plans: int = 4, seed: int = 0) -> int:
+    """Apply random plans and check the oracle on each; returns how many removed something."""
+    analysis = analyze(model)
+    rng = np.random.default_rng(seed)
+    effective = 0
+    for _ in range(plans):
+        removed = random_plan(analysis, rng)
+        pruned, slices = apply_plan(analysis.channels, removed)
+        verify(analysis.model, pruned, slices, runs=1, seed=seed)
+        effective += bool(slices)
+    return effective
+
+
+def small_resnet(width: int = 16, classes: int = 10, size: int = 16, batch="N"):
+    """Stem, a residual block, a strided stage with a projection shortcut, GAP-Flatten-Gemm."""
+    w2 = 2 * width
+    parts = [conv("input", "s", "ws", 3, width, k=3, bias="bs"),
+             conv("sr", "a1", "wa1", width, width, k=3, bias="ba1"),
+             conv("a1r", "a2", "wa2", width, width, k=3, bias="ba2"),
+             conv("r1", "p", "wp", width, w2, bias="bp"),
+             conv("r1", "c1", "wc1", width, w2, k=3, bias="bc1"),
+             conv("c1r", "c2", "wc2", w2, w2, k=3, bias="bc2")]
+    nodes = [n for n, _ in parts]
+    inits = {k: v for _, shapes in parts for k, v in shapes.items()}
+    for n in (nodes[3], nodes[4]):
+        n.attribute.append(helper.make_attribute("strides", [2, 2]))
+    nodes += [node("Relu", ["s"], ["sr"]), node("Relu", ["a1"], ["a1r"]),
+              node("Add", ["a2", "sr"], ["r0"]), node("Relu", ["r0"], ["r1"]),
+              node("Relu", ["c1"], ["c1r"]), node("Add", ["c2", "p"], ["r2"]),
+              node("Relu", ["r2"], ["r3"]), node("GlobalAveragePool", ["r3"], ["g"]),
+              node("Flatten", ["g"], ["f"]), node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1)]
+    inits.update({"wf": (classes, w2), "bf": (classes,)})
+    order = ["s", "sr", "a1", "a1r", "a2", "r0", "r1", "p", "c1", "c1r", "c2", "r2", "r3", "g",
+             "f", "logits"]
+    nodes.sort(key=lambda n: order.index(n.output[0]))
+    return make(nodes, {"input": [batch, 3, size, size]}, ["logits"], inits)
