@@ -1,0 +1,48 @@
+"""The zoo: torchvision architectures (random weights) from both torch exporters must prune to
+half the feature-map memory through the CLI and pass the oracle. SMALL_ZOO runs by default,
+the rest under `-m slow`. Exports are cached (ONNXPRUNE_CACHE or ~/.cache/onnxprune/zoo)."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from models.zoo import SMALL_ZOO, ZOO, Exporter, cached_model  # noqa: E402
+from onnxprune.cli import main  # noqa: E402
+from onnxprune.runtime import random_inputs, run  # noqa: E402
+
+# A model whose target had to be lowered to a documented reachable minimum would be listed
+# here with its reason; every zoo model currently reaches 0.5.
+TARGET = {name: 0.5 for name in ZOO}
+
+
+def _prune_and_check(name, exporter, tmp_path):
+    source = cached_model(name, exporter)
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    code = main([str(source), "--target-mem", str(TARGET[name]), "-o", str(out),
+                 "--report", str(report)])
+    assert code == 0
+    record = json.loads(report.read_text())
+    assert record["after"]["mem"] <= TARGET[name] * record["before"]["mem"]
+    assert record["verification"]["max_relative_error"] <= 1e-4
+    pruned, original = onnx.load(out), onnx.load(source)
+    assert [i.name for i in pruned.graph.input] == [i.name for i in original.graph.input]
+    assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
+    (logits,) = run(pruned, random_inputs(pruned, 0))
+    assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("exporter", list(Exporter), ids=lambda e: e.value)
+@pytest.mark.parametrize("name", SMALL_ZOO)
+def test_small_zoo_prunes_exactly(name, exporter, tmp_path):
+    _prune_and_check(name, exporter, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", list(Exporter), ids=lambda e: e.value)
+@pytest.mark.parametrize("name", [n for n in ZOO if n not in SMALL_ZOO])
+def test_zoo_prunes_exactly(name, exporter, tmp_path):
+    _prune_and_check(name, exporter, tmp_path)
