@@ -53,10 +53,11 @@ def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         raise UserError(f"{p.parent}: output folder does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
+    tmp_data = p.parent / f".{p.name}.data.tmp"
     try:
         if model.ByteSize() > _TWO_GB or _has_external_data(model):
             data_name = p.name + ".data"
-            tmp_data = p.parent / f".{data_name}.tmp"
             onnx.save(model, tmp, save_as_external_data=True, location=tmp_data.name,
                       all_tensors_to_one_file=True, size_threshold=1024)
             _rename_external(tmp, tmp_data.name, data_name)
@@ -66,7 +67,15 @@ def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        tmp_data.unlink(missing_ok=True)
         raise
+
+
+def default_file_mode() -> int:
+    """What open() would give a new file (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _rename_external(model_path: str, old: str, new: str) -> None:

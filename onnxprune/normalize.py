@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from .errors import UserError
 from .graph import MIN_OPSET, fix_input_shapes, graph_inputs, opset
-from .weights import infer_shapes
+from .weights import attach, detach, infer_shapes
 
 _LOG = logging.getLogger(__name__)
 
@@ -56,8 +56,24 @@ def _reject_unsupported(model: onnx.ModelProto) -> None:
             raise UserError(f"input {inp.name!r} is not a tensor")
 
 
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(i.raw_data) for i in model.graph.initializer)
+
+
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constants to initializers, fold constant sub-graphs, drop Identity, sort."""
+    """Constants to initializers, fold constant sub-graphs, drop Identity, sort.
+
+    Models over 1 GiB of weights are folded with their large weights detached (weights.py),
+    so that nothing serialises them; only sub-graphs computed from large weights then stay
+    unfolded.
+    """
+    if _weight_bytes(model) > 2**30:
+        light, large = detach(model)
+        return attach(_fold_graph(light), large)
+    return _fold_graph(model)
+
+
+def _fold_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = gs.import_onnx(model)
     _drop_identity(graph)
     with warnings.catch_warnings():

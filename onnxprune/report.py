@@ -11,6 +11,7 @@ import numpy as np
 from . import __version__
 from .config import PruneConfig
 from .cost import Costs
+from .graph import default_file_mode
 from .verify import TOLERANCE
 
 _COST_NAMES = (("mem", "M (feature-map elements)"), ("macs", "MACs"), ("params", "params"),
@@ -54,6 +55,7 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
 def write_json_atomic(record: dict, path: str | os.PathLike) -> None:
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.chmod(tmp, default_file_mode())
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1)

@@ -136,3 +136,23 @@ def test_console_script_runs_without_traceback(model_path):
     proc = subprocess.run([sys.executable, "-m", "onnxprune", str(model_path), "--target-mem",
                            "0.4"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_prunes_on_a_machine_without_torch(model_path):
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+            "from onnxprune.cli import main\n"
+            f"code = main([{str(model_path)!r}, '--target-mem', '0.5'])\n"
+            "assert sys.modules['torch'] is None\n"
+            "raise SystemExit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_model_with_external_data(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(small_resnet(width=32), path, save_as_external_data=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert main([str(path), "--target-mem", "0.5", "-o", str(tmp_path / "out.onnx")]) == 0
+    (tmp_path / "ext.onnx.data").unlink()
+    assert main([str(path), "--target-mem", "0.5", "-o", str(tmp_path / "out2.onnx")]) == 2
+    assert not (tmp_path / "out2.onnx").exists()

@@ -254,3 +254,34 @@ def test_identity_is_dropped_by_normalisation():
     assert all(n.op_type != "Identity" for n in u.analysis.model.graph.node)
     assert np.array_equal(u.of_param("w2", 1), u.of("a"))
     assert prunes_exactly(m) > 0
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose(group):
+    c1, w1 = conv("x", "a", "w1", 3, 4)
+    up = node("ConvTranspose", ["a", "wt", "bt"], ["u"], group=group, kernel_shape=[2, 2],
+              strides=[2, 2])
+    c2, w2 = conv("u", "y", "w2", 6, 2)
+    m = make([c1, up, c2], {"x": [1, 3, 4, 4]}, ["y"],
+             {**w1, **w2, "wt": (4, 6 // group, 2, 2), "bt": (6,)})
+    u = Units(m)
+    if group == 1:
+        assert np.array_equal(u.of_param("wt", 0), u.of("a")) and u.distinct("u")
+        assert np.array_equal(u.of_param("wt", 1), u.of("u"))
+    else:
+        assert len(set(u.of("a")[:2])) == 1 and set(u.of("u")[:3]) == set(u.of("a")[:2])
+    assert prunes_exactly(m, plans=6) > 0
+
+
+def test_spatial_pad_gelu_and_where_pass_channels():
+    c1, w1 = conv("x", "a", "w1", 3, 5)
+    c2, w2 = conv("w", "y", "w2", 5, 2, k=3)
+    inits = {**w1, **w2, "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+             "cond": np.array([[[True]], [[False]], [[True]], [[True]], [[False]]])}
+    nodes = [c1, node("Pad", ["a", "pads"], ["p"]), node("Gelu", ["p"], ["g"]),
+             node("Where", ["cond", "g", "p"], ["w"]), c2]
+    m = make(nodes, {"x": [1, 3, 4, 4]}, ["y"], inits, opset=20)
+    u = Units(m)
+    assert np.array_equal(u.of("a"), u.of("w")) and u.distinct("w")
+    assert np.array_equal(u.of_param("cond", 0), u.of("a"))
+    assert prunes_exactly(m) > 0
