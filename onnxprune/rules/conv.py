@@ -31,14 +31,27 @@ def _group_fixup(out: str, og: int):
     return fixup
 
 
-@rule("Conv")
-def conv(node, ctx):
-    """group 1: producer W[o], B[o]; sink W[:, c]. group > 1: whole groups (module docstring)."""
+def _operands(node, ctx):
+    """(x, w, bias or '', out, W value), or None when W or the bias is not a constant."""
     x, w, out = node.input[0], node.input[1], node.output[0]
     bias = node.input[2] if len(node.input) > 2 else ""
     weight = ctx.const(w)
     if weight is None or (bias and ctx.const(bias) is None):
-        return Block("Conv weight or bias is not a constant initializer")
+        return None
+    return x, w, bias, out, weight
+
+
+def _not_constant(node) -> Block:
+    return Block(f"{node.op_type} weight or bias is not a constant initializer")
+
+
+@rule("Conv")
+def conv(node, ctx):
+    """group 1: producer W[o], B[o]; sink W[:, c]. group > 1: whole groups (module docstring)."""
+    operands = _operands(node, ctx)
+    if operands is None:
+        return _not_constant(node)
+    x, w, bias, out, weight = operands
     group, c_out = ctx.attrs(node)["group"], weight.shape[0]
     flow = Flow().output(out, 1, c_out).param(w, 0, Role.PRODUCER, T(out), size=c_out)
     if bias:
@@ -58,11 +71,10 @@ def conv(node, ctx):
 @rule("ConvTranspose")
 def conv_transpose(node, ctx):
     """W is [C_in, C_out/group, k...]: group 1 sinks W[c] and produces W[:, o]; grouped as Conv."""
-    x, w, out = node.input[0], node.input[1], node.output[0]
-    bias = node.input[2] if len(node.input) > 2 else ""
-    weight = ctx.const(w)
-    if weight is None or (bias and ctx.const(bias) is None):
-        return Block("ConvTranspose weight or bias is not a constant initializer")
+    operands = _operands(node, ctx)
+    if operands is None:
+        return _not_constant(node)
+    x, w, bias, out, weight = operands
     group = ctx.attrs(node)["group"]
     c_in, c_out = weight.shape[0], weight.shape[1] * group
     space = ctx.space(x)
