@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from .errors import UserError
+from . import runtime  # noqa: F401  (quiets onnxruntime, which the constant folder runs)
 from .graph import MIN_OPSET, fix_input_shapes, graph_inputs, opset
 from .weights import attach, detach, infer_shapes
 
@@ -33,9 +34,12 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
     model = _copy(model)
     fix_input_shapes(model, input_shapes)
     del model.graph.value_info[:]
-    model = _fold(model)
-    model = _infer_shapes(model)
-    return model
+    for _ in range(3):  # static shapes let the folder turn Shape ops into constants
+        count = len(model.graph.node)
+        model = _fold(_infer_shapes(model))
+        if len(model.graph.node) == count:
+            break
+    return _infer_shapes(model)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -163,6 +167,7 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference; shapes it leaves open are learned by running the model in ORT."""
     try:
         inferred = infer_shapes(model, data_prop=True)
     except Exception as exc:

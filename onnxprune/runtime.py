@@ -8,6 +8,7 @@ import onnxruntime as ort
 from .graph import graph_inputs
 
 _TWO_GB = 2**31 - 1
+ort.set_default_logger_severity(3)  # graph-optimiser notes are not the user's business
 
 
 def session(model: onnx.ModelProto, optimize: bool = True, threads: int | None = None
