@@ -17,7 +17,7 @@ from .normalize import normalize
 from .planner import Plan, plan_pruning
 from .surgery import Slice, apply_plan
 from .units import Channels, find_channels
-from .verify import verify
+from .verify import Verdict, verify
 
 
 @dataclass
@@ -36,8 +36,12 @@ class PruneResult:
     plan: Plan
     slices: list[Slice]
     scores: np.ndarray
-    error: float
+    verdict: Verdict
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def error(self) -> float:
+        return self.verdict.error
 
 
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
@@ -71,9 +75,9 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
     pruned, slices = apply_plan(analysis.channels, plan.removed)
     timings["surgery"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    error = verify(analysis.model, pruned, slices, runs=config.verify_runs, seed=config.seed)
+    verdict = verify(analysis.model, pruned, slices, runs=config.verify_runs, seed=config.seed)
     timings["verify"] = time.perf_counter() - tick
-    return PruneResult(pruned, analysis, plan, slices, scores, error, timings)
+    return PruneResult(pruned, analysis, plan, slices, scores, verdict, timings)
 
 
 def random_plan(analysis: Analysis, rng: np.random.Generator) -> np.ndarray:

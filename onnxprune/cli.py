@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
         return 2
     except VerificationError as exc:
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
         print(f"onnxprune: internal error, nothing written: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -155,3 +155,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
         for d, v in zip(dims, new):
             d.Clear()
             d.dim_value = int(v)
+    for out in model.graph.output:  # e.g. Paddle2ONNX stores -1: let inference decide
+        tt = out.type.tensor_type
+        if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in tt.shape.dim):
+            tt.ClearField("shape")

@@ -47,6 +47,8 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
         "groups": group_records(result.analysis, result.plan.removed),
         "slices": [s.as_dict() for s in result.slices],
         "verification": {"max_relative_error": result.error, "tolerance": TOLERANCE,
+                         "precision": result.verdict.precision,
+                         "float32_error": result.verdict.float32_error,
                          "runs": config.verify_runs},
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
@@ -87,7 +89,10 @@ def cost_table(before: Costs, after: Costs | None = None) -> str:
 def prune_summary(result, output: str) -> str:
     total = sum(result.timings.values())
     return (f"pruned -> {output}\n{cost_table(result.plan.before, result.plan.after)}\n"
-            f"  oracle: max relative error {result.error:.2e} (tolerance {TOLERANCE:g})\n"
+            f"  oracle: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
+            + ("" if result.verdict.precision == "float32" else
+               f"; float32 rounding noise {result.verdict.float32_error:.2e}, decided in float64")
+            + ")\n"
             f"  time: {total:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
             + ")")
 

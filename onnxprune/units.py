@@ -59,6 +59,7 @@ class _Builder:
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.blocks: list[tuple[Key, str]] = []
         self.opaque: dict[str, str] = {i.name: "graph input" for i in graph_inputs(model)}
+        self.opaque_axis: dict[str, int] = {}
         self.foreign_reads: list[tuple[str, str]] = []
         self.fixups: list = []
         self.ctx = Ctx(model, opset(model), self.space_of)
@@ -75,7 +76,7 @@ class _Builder:
             rank = len(self.ctx.shape(name))
             if rank == 0:
                 return None
-            axis = 1 if rank >= 2 else 0
+            axis = self.opaque_axis.get(name, 1 if rank >= 2 else 0)
             self.new_space(key, axis, self.ctx.shape(name)[axis])
             self.blocks.append((key, self.opaque.get(name, "no rule declared its channels")))
         info = self.spaces[key]
@@ -123,9 +124,21 @@ class _Builder:
                 self.foreign_reads.append((name, reason))
             elif self.ctx.space(name) is not None:
                 self.blocks.append((tensor_key(name), reason))
+        axis = self._input_axis(node)
         for name in node.output:
             if name:
                 self.opaque[name] = f"output of {reason}"
+                if axis is not None and len(self.ctx.shapes.get(name, ())) == axis[1]:
+                    self.opaque_axis[name] = axis[0]
+
+    def _input_axis(self, node: onnx.NodeProto) -> tuple[int, int] | None:
+        """(channel axis, rank) of the first activation input: a blocked node's outputs of the
+        same rank are assumed to keep that layout, so later rules do not misread NLC tensors."""
+        for name in node.input:
+            key = tensor_key(name)
+            if key in self.spaces:
+                return self.spaces[key].axis, len(self.ctx.shape(name))
+        return None
 
     def finish(self) -> Channels:
         for out in self.model.graph.output:

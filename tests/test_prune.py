@@ -77,3 +77,24 @@ def test_dynamic_batch_defaults_to_one_and_input_is_untouched():
     dims = result.model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 1
     assert model == copy
+
+
+def test_float64_decides_when_float32_noise_exceeds_the_tolerance(monkeypatch):
+    import onnxprune.verify as oracle
+
+    analysis = analyze(small_resnet(width=32))
+    pruned, slices = apply_plan(analysis.channels, random_plan(analysis, np.random.default_rng(5)))
+    monkeypatch.setattr(oracle, "max_error", lambda *args: 1.0)  # pretend float32 is too noisy
+    verdict = oracle.verify(analysis.model, pruned, slices)
+    assert verdict.precision == "float64" and verdict.error < 1e-10
+    with pytest.raises(VerificationError, match="float64"):
+        oracle.verify(analysis.model, pruned, [])  # a real difference fails in float64 too
+
+
+def test_float64_evaluation_matches_onnxruntime():
+    from onnxprune.precision import run_float64
+    from onnxprune.runtime import random_inputs, run
+
+    model = analyze(small_resnet(width=16)).model
+    feeds = random_inputs(model, 0)
+    np.testing.assert_allclose(run_float64(model, feeds)[0], run(model, feeds)[0], rtol=1e-4, atol=1e-3)

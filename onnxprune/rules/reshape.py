@@ -71,6 +71,8 @@ def reshape(node, ctx):
         return Block("Reshape shape is computed at run time")
     flow = Flow()
     flow.consts.update(n for n in node.input[1:] if n)
+    if space is None:  # a scalar has no channels; whoever reads the result sees it opaque
+        return flow
     if int(np.prod(in_shape)) > _MAX_POSITIONS:
         return Block("reshape of a tensor too large to map")
     found = best_axis(in_shape, space.axis, out_shape)
