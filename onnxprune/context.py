@@ -31,9 +31,12 @@ class Ctx:
     """Read-only view of the normalised graph for rules, plus the tensors' channel spaces."""
 
     def __init__(self, model: onnx.ModelProto, opset: int,
-                 space_of: Callable[[str], Space | None]):
+                 space_of: Callable[[str], Space | None],
+                 per_index_groups: frozenset[str] = frozenset()):
         self.model = model
         self.opset = opset
+        # grouped convs whose whole-group units collapsed (see rules/conv.py)
+        self.per_index_groups = per_index_groups
         self.shapes = static_shapes(model)
         self._inits = {i.name: i for i in model.graph.initializer}
         self._values: dict[str, np.ndarray] = {}

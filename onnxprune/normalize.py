@@ -31,21 +31,15 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
         raise UserError(f"opset {version} is older than {MIN_OPSET}: convert the model first "
                         f"(onnx.version_converter.convert_version)")
     _reject_unsupported(model)
-    model = _copy(model)
-    fix_input_shapes(model, input_shapes)
-    del model.graph.value_info[:]
+    light, large = detach(model)  # a new light model; `model` is never written to
+    fix_input_shapes(light, input_shapes)
+    del light.graph.value_info[:]
     for _ in range(3):  # static shapes let the folder turn Shape ops into constants
-        count = len(model.graph.node)
-        model = _fold(_infer_shapes(model))
-        if len(model.graph.node) == count:
+        count = len(light.graph.node)
+        light = _fold(_infer_shapes(light))
+        if len(light.graph.node) == count:
             break
-    return _infer_shapes(model)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
+    return attach(_infer_shapes(light), large)
 
 
 def _reject_unsupported(model: onnx.ModelProto) -> None:
@@ -60,29 +54,17 @@ def _reject_unsupported(model: onnx.ModelProto) -> None:
             raise UserError(f"input {inp.name!r} is not a tensor")
 
 
-def _weight_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(i.raw_data) for i in model.graph.initializer)
-
-
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constants to initializers, fold constant sub-graphs, drop Identity, sort.
 
-    Models over 1 GiB of weights are folded with their large weights detached (weights.py),
-    so that nothing serialises them; only sub-graphs computed from large weights then stay
-    unfolded.
+    `model` is light (weights.py): graphsurgeon and onnxruntime never copy the large weights,
+    and sub-graphs that compute from a large initializer stay unfolded (a rule then sees a
+    non-constant weight and blocks it, with that reason).
     """
-    if _weight_bytes(model) > 2**30:
-        light, large = detach(model)
-        return attach(_fold_graph(light), large)
-    return _fold_graph(model)
-
-
-def _fold_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = gs.import_onnx(model)
     _drop_identity(graph)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gs_logger = logging.getLogger("onnx_graphsurgeon")
         try:
             graph.fold_constants(error_ok=True)
         except Exception as exc:  # folding is an optimisation; analysis still works without

@@ -52,7 +52,7 @@ class Channels:
 
 
 class _Builder:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, per_index_groups: frozenset[str]):
         self.model = model
         self.spaces: dict[Key, SpaceInfo] = {}
         self.size = 0
@@ -62,7 +62,7 @@ class _Builder:
         self.opaque_axis: dict[str, int] = {}
         self.foreign_reads: list[tuple[str, str]] = []
         self.fixups: list = []
-        self.ctx = Ctx(model, opset(model), self.space_of)
+        self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups)
 
     def new_space(self, key: Key, axis: int, size: int, role: Role | None = None) -> SpaceInfo:
         if key not in self.spaces:
@@ -170,11 +170,34 @@ class _Builder:
 
 
 def find_channels(model: onnx.ModelProto) -> Channels:
-    """Run every node's rule over a normalised model (topologically sorted, static shapes)."""
-    builder = _Builder(model)
+    """Run every node's rule over a normalised model (topologically sorted, static shapes).
+
+    Grouped convs first lose whole groups; where that merges all of a conv's groups into one
+    unit (e.g. ResNeSt's radix sum ties group 0's channel j to group 1's), the analysis is run
+    again with channel j of every group as the unit for those convs.
+    """
+    channels = _analyse(model, frozenset())
+    collapsed = frozenset(_collapsed_group_convs(channels))
+    return _analyse(model, collapsed) if collapsed else channels
+
+
+def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str]) -> Channels:
+    builder = _Builder(model, per_index_groups)
     for index, node in enumerate(model.graph.node):
         builder.apply(index, node, _run_rule(node, builder.ctx))
     return builder.finish()
+
+
+def _collapsed_group_convs(channels: Channels):
+    ctx = Ctx(channels.model, opset(channels.model), lambda name: None)
+    for node in channels.model.graph.node:
+        if node.op_type != "Conv" or tensor_key(node.output[0]) not in channels.spaces:
+            continue
+        group, weight_shape = ctx.attrs(node)["group"], ctx.shape(node.input[1])
+        if group > 1 and weight_shape[1] > 1:
+            labels = channels.labels[channels.nodes(tensor_key(node.output[0]))]
+            if len(np.unique(labels)) == 1 and not channels.blocked[labels[0]]:
+                yield node.name
 
 
 def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:

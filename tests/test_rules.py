@@ -285,3 +285,22 @@ def test_spatial_pad_gelu_and_where_pass_channels():
     assert np.array_equal(u.of("a"), u.of("w")) and u.distinct("w")
     assert np.array_equal(u.of_param("cond", 0), u.of("a"))
     assert prunes_exactly(m) > 0
+
+
+def test_grouped_conv_falls_back_to_per_index_units_when_groups_collapse():
+    """ResNeSt-style radix sum ties channel j of group 0 to channel j of group 1: whole-group
+    units would make the conv one unit; channel j of every group is one unit instead."""
+    c1, w1 = conv("x", "a", "w1", 3, 8)
+    gc, wg = conv("a", "g", "wg", 8, 8, k=3, group=2)
+    c2, w2 = conv("s", "y", "w2", 4, 2)
+    inits = {**w1, **wg, **w2, "sh": np.array([1, 2, 4, 4, 4], np.int64),
+             "ax": np.array([1], np.int64)}
+    nodes = [c1, gc, node("Reshape", ["g", "sh"], ["r"]),
+             node("ReduceSum", ["r", "ax"], ["s"], keepdims=0), c2]
+    m = make(nodes, {"x": [1, 3, 4, 4]}, ["y"], inits)
+    u = Units(m)
+    g, a = u.of("g"), u.of("a")
+    assert len(np.unique(g)) == 4 and np.array_equal(g[:4], g[4:])
+    assert len(np.unique(a)) == 4 and np.array_equal(a[:4], a[4:])
+    assert not u.blocked("g").any()
+    assert prunes_exactly(m, plans=6) > 0

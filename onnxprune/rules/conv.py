@@ -7,8 +7,12 @@ Grouped and depthwise (group > 1): **a whole conv group is one unit**, as in the
 paper: the Cg input channels and the Og output channels of group g go together, the group
 attribute shrinks by one per removed group, and W is sliced only along its output-channel
 axis (its per-group input axis is untouched). A depthwise conv is the case Cg = 1, so input
-channel c and its multiplier outputs [c*m, (c+1)*m) are one unit. The other policy (channel j
-of every group) keeps the group count but forces every group to shrink alike; we do not use it.
+channel c and its multiplier outputs [c*m, (c+1)*m) are one unit.
+
+Fallback (Cg > 1 only): where whole-group units collapse into a single unit because something
+downstream ties the groups together (ResNeSt sums its radix groups channel by channel), units.py
+re-runs the analysis with **channel j of every group** as the unit for that conv: the group
+count stays and every group shrinks alike (sink W[:, j], producer W[o]).
 """
 from __future__ import annotations
 
@@ -23,6 +27,15 @@ def _link_groups(flow: Flow, x: str, out: str, c_in: int, c_out: int, group: int
     cg, og = c_in // group, c_out // group
     flow.link(T(x), np.arange(c_in), T(out), (np.arange(c_in) // cg) * og)
     flow.link(T(out), np.arange(c_out), T(out), (np.arange(c_out) // og) * og)
+
+
+def _link_per_index(flow: Flow, w: str, x: str, out: str, c_in: int, c_out: int, group: int):
+    """Channel j of every group is one unit: W loses column j (sink) or the rows of output j of
+    every group (producer); the group count stays."""
+    cg, og = c_in // group, c_out // group
+    flow.param(w, 1, Role.SINK, T(x), size=cg)
+    flow.link(T(x), np.arange(c_in), T(x), np.arange(c_in) % cg)
+    return flow.link(T(out), np.arange(c_out), T(out), np.arange(c_out) % og)
 
 
 def _group_fixup(out: str, og: int):
@@ -63,6 +76,8 @@ def conv(node, ctx):
         return flow.block(T(x), not_axis("Conv", space.axis))
     if group == 1:
         return flow.param(w, 1, Role.SINK, T(x), size=space.size)
+    if node.name in ctx.per_index_groups:
+        return _link_per_index(flow, w, x, out, space.size, c_out, group)
     _link_groups(flow, x, out, space.size, c_out, group)
     flow.fixup = _group_fixup(out, c_out // group)
     return flow
