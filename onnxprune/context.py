@@ -79,4 +79,4 @@ class Ctx:
             pass
         for attr in node.attribute:
             values[attr.name] = helper.get_attribute_value(attr)
-        return values
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}

@@ -51,7 +51,7 @@ class Flow:
     links: list[tuple[Key, np.ndarray, Key, np.ndarray]] = field(default_factory=list)
     params: list[ParamDecl] = field(default_factory=list)
     consts: set[str] = field(default_factory=set)  # initializer inputs this rule understands
-    blocks: list[tuple[Key, str]] = field(default_factory=list)
+    blocks: list[tuple[Key, str, np.ndarray | None]] = field(default_factory=list)
     fixup: Callable | None = None  # fixup(node, Edit) after slicing: attributes, shape inputs
 
     def output(self, tensor: str, axis: int, size: int) -> "Flow":
@@ -75,6 +75,7 @@ class Flow:
             idx = np.arange(size)
         return self.link(param_key(initializer, axis), np.arange(len(idx)), to, idx)
 
-    def block(self, key: Key, reason: str) -> "Flow":
-        self.blocks.append((key, reason))
+    def block(self, key: Key, reason: str, idx=None) -> "Flow":
+        """Channels `idx` of space `key` (all of them by default) cannot be removed."""
+        self.blocks.append((key, reason, None if idx is None else np.asarray(idx, np.int64)))
         return self

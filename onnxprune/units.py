@@ -57,7 +57,7 @@ class _Builder:
         self.spaces: dict[Key, SpaceInfo] = {}
         self.size = 0
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
-        self.blocks: list[tuple[Key, str]] = []
+        self.blocks: list[tuple[Key, str, np.ndarray | None]] = []  # None: the whole space
         self.opaque: dict[str, str] = {i.name: "graph input" for i in graph_inputs(model)}
         self.opaque_axis: dict[str, int] = {}
         self.foreign_reads: list[tuple[str, str]] = []
@@ -78,7 +78,7 @@ class _Builder:
                 return None
             axis = self.opaque_axis.get(name, 1 if rank >= 2 else 0)
             self.new_space(key, axis, self.ctx.shape(name)[axis])
-            self.blocks.append((key, self.opaque.get(name, "no rule declared its channels")))
+            self.blocks.append((key, self.opaque.get(name, "no rule declared its channels"), None))
         info = self.spaces[key]
         return Space(info.axis, info.size)
 
@@ -96,7 +96,7 @@ class _Builder:
             self.new_space(param_key(decl.initializer, decl.axis), decl.axis, dim, decl.role)
         for a, a_idx, b, b_idx in result.links:
             self.edges.append((self.spaces[a].offset + a_idx, self.spaces[b].offset + b_idx))
-        self.blocks.extend((key, f"{where}: {reason}") for key, reason in result.blocks)
+        self.blocks.extend((key, f"{where}: {reason}", idx) for key, reason, idx in result.blocks)
         for name in node.input:
             if self.ctx.is_const(name) and name not in result.consts:
                 self.foreign_reads.append((name, where))
@@ -123,7 +123,7 @@ class _Builder:
             if self.ctx.is_const(name):
                 self.foreign_reads.append((name, reason))
             elif self.ctx.space(name) is not None:
-                self.blocks.append((tensor_key(name), reason))
+                self.blocks.append((tensor_key(name), reason, None))
         axis = self._input_axis(node)
         for name in node.output:
             if name:
@@ -143,14 +143,14 @@ class _Builder:
     def finish(self) -> Channels:
         for out in self.model.graph.output:
             if self.ctx.space(out.name) is not None:
-                self.blocks.append((tensor_key(out.name), "graph output"))
+                self.blocks.append((tensor_key(out.name), "graph output", None))
         params_by_init: dict[str, list[Key]] = {}
         for key in self.spaces:
             if key[0] == "p":
                 params_by_init.setdefault(key[1], []).append(key)
         for name, where in self.foreign_reads:
             for key in params_by_init.get(name, []):
-                self.blocks.append((key, f"initializer {name} is also read by {where}"))
+                self.blocks.append((key, f"initializer {name} is also read by {where}", None))
         return self._components()
 
     def _components(self) -> Channels:
@@ -159,9 +159,10 @@ class _Builder:
         _, labels = np.unique(components(self.size, a, b), return_inverse=True)
         blocked = np.zeros(labels.max() + 1 if self.size else 0, dtype=bool)
         reasons: dict[int, list[str]] = {}
-        for key, reason in self.blocks:
+        for key, reason, idx in self.blocks:
             info = self.spaces[key]
-            comps = np.unique(labels[info.offset:info.offset + info.size])
+            nodes = labels[info.offset:info.offset + info.size]
+            comps = np.unique(nodes if idx is None else nodes[idx])
             blocked[comps] = True
             for comp in comps.tolist():
                 if reason not in reasons.setdefault(comp, []):

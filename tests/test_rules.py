@@ -222,11 +222,11 @@ def test_resize_with_sizes_and_reduce_over_space():
     (lambda: node("LayerNormalization", ["a", "g"], ["p"], axis=1), "LayerNormalization"),
     (lambda: node("DepthToSpace", ["a"], ["p"], blocksize=1), "no channel rule for DepthToSpace"),
     (lambda: node("ReduceMean", ["a"], ["p"], axes=[1], keepdims=1), "reduces over the channel"),
-    (lambda: node("Pad", ["a", "pads"], ["p"]), "Pad adds channels"),
+    (lambda: node("Pad", ["a", "pads"], ["p"], mode="reflect"), "Pad crops, reflects or repeats"),
 ])
 def test_ops_that_mix_channels_block_with_a_reason(make_node, reason):
     c1, w1 = conv("x", "a", "w1", 3, 4)
-    c_in = {"reduces over the channel": 1, "Pad adds channels": 6}.get(reason, 4)
+    c_in = {"reduces over the channel": 1, "Pad crops, reflects or repeats": 6}.get(reason, 4)
     c2, w2 = conv("p", "y", "w2", c_in, 2)
     inits = {**w1, **w2, "g": (4, 4, 4), "pads": np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64)}
     m = make([c1, make_node(), c2], {"x": [1, 3, 4, 4]}, ["y"], inits, opset=17)
@@ -304,3 +304,36 @@ def test_grouped_conv_falls_back_to_per_index_units_when_groups_collapse():
     assert len(np.unique(a)) == 4 and np.array_equal(a[:4], a[4:])
     assert not u.blocked("g").any()
     assert prunes_exactly(m, plans=6) > 0
+
+
+def test_constant_pad_of_channels_shifts_them_and_blocks_the_new_ones():
+    c1, w1 = conv("x", "a", "w1", 3, 4)
+    c2, w2 = conv("p", "y", "w2", 6, 2)
+    pads = np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64)
+    m = make([c1, node("Pad", ["a", "pads"], ["p"]), c2], {"x": [1, 3, 4, 4]}, ["y"],
+             {**w1, **w2, "pads": pads})
+    u = Units(m)
+    assert np.array_equal(u.of("p")[1:5], u.of("a"))
+    assert u.blocked("p")[[0, 5]].all() and not u.blocked("a").any()
+    assert prunes_exactly(m) > 0
+
+
+def test_attention_passes_value_channels_and_blocks_summed_ones():
+    cq, wq = conv("x", "q", "wq", 3, 8)
+    ck, wk = conv("x", "k", "wk", 3, 8)
+    cv, wv = conv("x", "v", "wv", 3, 6)
+    co, wo = conv("o", "y", "wo", 6, 2)
+    inits = {**wq, **wk, **wv, **wo, "s8": np.array([1, 8, 16], np.int64),
+             "s6": np.array([1, 6, 16], np.int64), "s4": np.array([1, 6, 4, 4], np.int64)}
+    nodes = [cq, ck, cv, node("Reshape", ["q", "s8"], ["q3"]),
+             node("Transpose", ["q3"], ["qt"], perm=[0, 2, 1]), node("Reshape", ["k", "s8"], ["k3"]),
+             node("MatMul", ["qt", "k3"], ["att"]), node("Softmax", ["att"], ["p"], axis=-1),
+             node("Reshape", ["v", "s6"], ["v3"]), node("Transpose", ["v3"], ["vt"], perm=[0, 2, 1]),
+             node("MatMul", ["p", "vt"], ["ctx"]), node("Transpose", ["ctx"], ["ct"], perm=[0, 2, 1]),
+             node("Reshape", ["ct", "s4"], ["o"]), co]
+    m = make(nodes, {"x": [1, 3, 4, 4]}, ["y"], inits)
+    u = Units(m)
+    assert u.blocked("q").all() and u.blocked("k").all()
+    assert not u.blocked("v").any() and u.distinct("v")
+    assert np.array_equal(u.of("ctx"), u.of("v")) and np.array_equal(u.of_param("wo", 1), u.of("v"))
+    assert prunes_exactly(m) > 0

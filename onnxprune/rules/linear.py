@@ -48,8 +48,10 @@ def matmul(node, ctx):
     """A[..., K] @ W[K, N]: sink W[k], producer W[:, n]; channels on A's batch axes pass."""
     a, b, out = node.input[0], node.input[1], node.output[0]
     weight = ctx.const(b)
+    if weight is None and not ctx.is_const(a):
+        return _matmul_activations(node, ctx)
     if weight is None or weight.ndim != 2:
-        return Block("MatMul of two activations (or with a batched weight) mixes channels")
+        return Block("MatMul with a constant left operand or a batched weight")
     space, rank_a, rank_out = ctx.space(a), ctx.rank(a), ctx.rank(out)
     n = weight.shape[1]
     if space.axis == rank_a - 1:
@@ -59,3 +61,38 @@ def matmul(node, ctx):
     flow = Flow().output(out, space.axis + rank_out - rank_a, space.size)
     flow.consts.add(b)
     return flow.same(T(a), T(out), space.size)
+
+
+def _side(ctx, name: str, out_rank: int, contracted: int, kept: int):
+    """(space, aligned output axis) of a MatMul operand, or (space, None) when its channels
+    are on the summed axis K."""
+    space, rank = ctx.space(name), ctx.rank(name)
+    if space is None or space.axis == rank + contracted:
+        return space, None
+    if space.axis == rank + kept:
+        return space, out_rank + kept
+    return space, space.axis + out_rank - rank
+
+
+def _matmul_activations(node, ctx):
+    """A[.., M, K] @ B[.., K, N] (attention). Channels on A's M axis, B's N axis or a shared
+    batch axis (heads) pass to the output; channels summed over K are blocked: with no weight
+    to slice, removing them is not a masking of the original (see verify.py)."""
+    a, b, out = node.input[0], node.input[1], node.output[0]
+    out_shape = ctx.shape(out)
+    if ctx.rank(a) < 2 or ctx.rank(b) < 2:
+        return Block("MatMul with a vector operand")
+    (sa, oa), (sb, ob) = _side(ctx, a, len(out_shape), -1, -2), _side(ctx, b, len(out_shape), -2, -1)
+    axis = oa if oa is not None else ob
+    if axis is None:
+        return Block("MatMul sums over the channels of both operands")
+    flow = Flow().output(out, axis, out_shape[axis])
+    for name, space, aligned in ((a, sa, oa), (b, sb, ob)):
+        if aligned == axis and space.size == out_shape[axis]:
+            flow.same(T(name), T(out), space.size)
+            continue
+        in_axis = axis - (len(out_shape) - ctx.rank(name))
+        if 0 <= in_axis < ctx.rank(name) - 2 and ctx.shape(name)[in_axis] > 1:
+            return Block("MatMul operands carry channels on different axes")
+        flow.block(T(name), "MatMul sums over these channels or they are not the output's")
+    return flow

@@ -101,7 +101,8 @@ def resize(node, ctx):
 
 @rule("Pad")
 def pad(node, ctx):
-    """Padding of spatial axes; padding the channel axis would create channels."""
+    """Spatial padding passes channels; constant channels padded on (a Concat with a constant
+    slab, e.g. linear attention's F.pad(v, (0, 1), value=1)) shift the others and stay."""
     x, out = node.input[0], node.output[0]
     space, rank = ctx.space(x), ctx.rank(x)
     if ctx.opset < 11:
@@ -114,8 +115,14 @@ def pad(node, ctx):
         pads = int_list(value)
         axes_in = ctx.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         axes = list(range(rank)) if axes_in is None else [norm_axis(a, rank) for a in int_list(axes_in)]
+    before = after = 0
     if space.axis in axes:
         pos = axes.index(space.axis)
-        if pads[pos] or pads[pos + len(axes)]:
-            return Block("Pad adds channels")
-    return _passthrough(x, out, space.axis, space.size, node.input[1:])
+        before, after = pads[pos], pads[pos + len(axes)]
+    if min(before, after) < 0 or ((before or after) and ctx.attrs(node).get("mode") != "constant"):
+        return Block("Pad crops, reflects or repeats channels")
+    flow = Flow().output(out, space.axis, space.size + before + after)
+    flow.consts.update(present(node.input[1:]))
+    flow.link(T(x), np.arange(space.size), T(out), before + np.arange(space.size))
+    added = np.r_[np.arange(before), before + space.size + np.arange(after)]
+    return flow.block(T(out), "channels added by Pad", added) if len(added) else flow
