@@ -6,6 +6,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 pytest.importorskip("torch")
 pytest.importorskip("torchvision")
@@ -31,8 +32,36 @@ def _prune_and_check(name, exporter, tmp_path):
     pruned, original = onnx.load(out), onnx.load(source)
     assert [i.name for i in pruned.graph.input] == [i.name for i in original.graph.input]
     assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
-    (logits,) = run(pruned, random_inputs(pruned, 0))
+    feeds = random_inputs(pruned, 0)
+    (logits,) = run(pruned, feeds)
     assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+    reference = _zero_sinks(original, record["slices"])
+    assert _relative(logits, run(reference, feeds)[0]) <= 1e-4, "oracle recomputed from report"
+    assert _relative(_perturbed_output(pruned, feeds), logits) > 1e-4, "oracle is insensitive"
+
+
+def _zero_sinks(model, slices):
+    """The report's recipe, in plain onnx + numpy: zero the removed sink indices."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for s in slices:
+        if s["role"] == "sink":
+            value = numpy_helper.to_array(inits[s["initializer"]]).copy()
+            np.moveaxis(value, s["axis"], 0)[s["removed"]] = 0
+            inits[s["initializer"]].CopyFrom(numpy_helper.from_array(value, s["initializer"]))
+    return model
+
+
+def _perturbed_output(model, feeds):
+    """Output after scaling the first Conv weight by 1.05: a model whose output does not move
+    by more than the tolerance would make the oracle vacuous."""
+    first = next(n for n in model.graph.node if n.op_type == "Conv").input[1]
+    init = next(i for i in model.graph.initializer if i.name == first)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.05, first))
+    return run(model, feeds)[0]
+
+
+def _relative(got, want):
+    return float(np.max(np.abs(got - want)) / max(1.0, np.max(np.abs(want))))
 
 
 @pytest.mark.parametrize("exporter", list(Exporter), ids=lambda e: e.value)
