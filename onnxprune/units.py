@@ -106,6 +106,10 @@ class _Builder:
     def _fits(self, flow: Flow) -> bool:
         """Every linked index lies inside its space (a malformed graph must not slip by)."""
         sizes = {name: size for name, (_, size) in flow.outputs.items()}
+        for name, (axis, size) in flow.outputs.items():
+            shape = self.ctx.shapes.get(name)
+            if shape is None or not 0 <= axis < len(shape) or shape[axis] != size:
+                return False
         for decl in flow.params:
             sizes[decl.initializer, decl.axis] = self.ctx.shape(decl.initializer)[decl.axis]
         for a, a_idx, b, b_idx in flow.links:

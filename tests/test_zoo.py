@@ -52,11 +52,13 @@ def _zero_sinks(model, slices):
 
 
 def _perturbed_output(model, feeds):
-    """Output after scaling the first Conv weight by 1.05: a model whose output does not move
-    by more than the tolerance would make the oracle vacuous."""
-    first = next(n for n in model.graph.node if n.op_type == "Conv").input[1]
-    init = next(i for i in model.graph.initializer if i.name == first)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.05, first))
+    """Output after scaling the last weight (classifier) by 1.05: a model whose output does not
+    move by more than the tolerance would make the oracle vacuous. (The first conv would not
+    do: ConvNeXt's LayerNorm cancels any scaling of its stem.)"""
+    inits = {i.name: i for i in model.graph.initializer}
+    last = [n.input[1] for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits][-1]
+    inits[last].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[last]) * 1.05, last))
     return run(model, feeds)[0]
 
 

@@ -1,36 +1,33 @@
-"""Prune models onnxprune was not developed on and re-check every prune independently.
+"""Prune models onnxprune was not developed on, and re-check every prune independently.
 
-    python tools/bench_unseen.py [--models dla34,ocr_rec] [--targets 0.7,0.5]
-                                 [--exporters torchscript,dynamo] [--no-ocr] [--no-timm]
-                                 [--workdir DIR]
+    python tools/bench_unseen.py [--models dla34,ocr_rec] [--targets 0.7,0.5] [--no-ocr]
+                                 [--exporters torchscript,dynamo] [--no-timm] [--workdir DIR]
 
-Models (needs the optional packages; a missing one prints one line and its part is skipped):
-- timm (`pip install timm`): architectures torchvision lacks, pretrained=False, 1x3x224x224,
-  exported with torch.onnx.export(dynamo=False, opset 17) and dynamo=True (one self-contained
-  file), cached under $ONNXPRUNE_CACHE or ~/.cache/onnxprune/unseen (atomic writes).
-  timm's default init makes many of them nearly input-independent (zero-init last BN gammas,
-  layer scale 1e-6, identity BN statistics), which leaves the oracle blind; so every
-  constant-valued parameter is re-drawn (gammas U(0.5, 1.5), biases N(0, 0.1), matrices
-  Kaiming) and BatchNorm statistics are calibrated on 4 random batches (seeded).
+Models (a missing optional package prints one line and its part is skipped):
+- timm: architectures torchvision lacks, pretrained=False, 1x3x224x224, exported with dynamo=False
+  (opset 17) and dynamo=True (one file), cached in $ONNXPRUNE_CACHE or ~/.cache/onnxprune/unseen.
+  timm's default init leaves many nearly input-independent, which blinds the oracle, so every
+  constant-valued parameter is re-drawn and BatchNorm statistics are calibrated (seeded).
 - rapidocr-onnxruntime: the trained PaddleOCR det / cls / rec models shipped in the wheel.
 
-For each model and target the real CLI runs in a subprocess (`python -m onnxprune MODEL
---target-mem T -o OUT --report R [--input-shape S]`), then the oracle is recomputed from the
-report without onnxprune's verifier: zero the `removed` indices along `axis` of every
-`role == "sink"` initializer, run reference and pruned model in onnxruntime (optimisations off)
-on a fresh random input, require max |pruned - ref| <= 1e-4 * max(1, max |ref|) per output.
-The zeroing is applied to the original file with its input fixed to the analysis shape
-("orig") when every sink name is one of its initializers and none is an all-equal tensor shared
-by several nodes; otherwise (Paddle Constant-node weights, folded weights, `<name>__<node>_<slot>`
-copies) to onnxprune's normalised model `onnxprune.api.analyze(path, shapes).model` ("norm").
-If float32 fails, float64 decides (onnx reference evaluator via onnxprune.precision.run_float64),
-shown as "f64". Summary: N model files, K pruned at every target, E with an exit 2, F with an
-internal error (exit 1 / timeout) or a failed recomputation; exit status 1 when F > 0.
+Per model and target: `python -m onnxprune MODEL --target-mem T -o OUT --report R [--input-shape
+S]` in a subprocess, then the oracle recomputed from the report's `slices` without onnxprune's
+verifier: zero `removed` along `axis` of every sink weight, run reference and pruned model in
+onnxruntime on a new random input, require max |pruned - ref| <= 1e-4 * max(1, max |ref|).
+Zeroing uses the original file, input fixed to the analysis shape ("orig"), when every sink is
+one of its initializers or Constant outputs and none is all-equal and shared; otherwise (folded
+weights, `<name>__<node>_<slot>` copies) onnxprune's normalised model
+`onnxprune.api.analyze(path, shapes).model` ("norm"). If float32 fails, float64 decides
+(onnxprune.precision.run_float64): "f64". Summary: N model files, K pruned at every target, E
+with an exit 2, F with an internal error (exit 1, timeout) or a failed recomputation (exit 1).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import re
@@ -38,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +53,6 @@ TIMM_MODELS = ("cspresnet50", "dla34", "dpn68", "resnest14d", "repvgg_a0", "ghos
 OCR_MODELS = {"ocr_det": ("ch_PP-OCRv4_det_infer.onnx", "1x3x640x640"),
               "ocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "1x3x48x192"),
               "ocr_rec": ("ch_PP-OCRv4_rec_infer.onnx", "1x3x48x320")}
-EXPORTERS = ("torchscript", "dynamo")
 TOLERANCE, SEED, IMAGE, TIMEOUT = 1e-4, 0, 224, 3600
 EXPORT_FAILURES: list[str] = []
 
@@ -67,14 +64,12 @@ class Case:
     exporter: str
     path: Path
     shape: str | None = None
-    runs: dict = field(default_factory=dict)      # target -> run record
     analysis: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)  # target -> run record
 
-
-# ---------------------------------------------------------------- timm models
 
 def randomize(model, seed: int):
-    """Re-draw constant-valued parameters and calibrate BatchNorm statistics (in place)."""
+    """Re-draw constant-valued parameters, calibrate BatchNorm statistics; eval mode."""
     import torch
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -99,26 +94,24 @@ def randomize(model, seed: int):
 
 
 def export_timm(name: str, exporter: str, path: Path) -> None:
-    import contextlib
-    import io
-    import warnings
-
+    """Build, randomise (one torch thread: deterministic) and export atomically."""
     import timm
     import torch
-    torch.manual_seed(SEED)
-    model = randomize(timm.create_model(name, pretrained=False), SEED)
-    x = torch.randn(1, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(SEED))
+    torch.set_num_threads(1)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
-            kw = dict(input_names=["input"], output_names=["output"])
+            torch.manual_seed(SEED)
+            model = randomize(timm.create_model(name, pretrained=False), SEED)
+            x = torch.randn(1, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(SEED))
+            io_names = dict(input_names=["input"], output_names=["output"])
             if exporter == "torchscript":
-                torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=17, **kw)
+                torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=17, **io_names)
             else:
-                torch.onnx.export(model, (x,), None, dynamo=True, **kw).save(
+                torch.onnx.export(model, (x,), None, dynamo=True, **io_names).save(
                     tmp, external_data=False)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -131,71 +124,61 @@ def timm_cases(names, exporters) -> list[Case]:
         import timm
         import torch
     except ImportError as exc:
-        print(f"skipping timm models: {exc} (pip install timm)")
+        print(f"skipping the timm models: {exc} (pip install timm)")
         return []
-    cache = Path(os.environ.get("ONNXPRUNE_CACHE") or Path.home() / ".cache/onnxprune/unseen")
-    cache = cache.expanduser()
+    cache = Path(os.environ.get("ONNXPRUNE_CACHE") or "~/.cache/onnxprune/unseen").expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     tag = re.sub(r"[^0-9A-Za-z.]+", "_", f"torch{torch.__version__}-timm{timm.__version__}")
     cases = []
     for name in names:
         for exporter in exporters:
             path = cache / f"timm-{name}-{exporter}-{IMAGE}-cal-s{SEED}-{tag}.onnx"
-            if not path.exists():
-                tick = time.perf_counter()
-                try:
+            try:
+                if not path.exists():
+                    tick = time.perf_counter()
                     export_timm(name, exporter, path)
-                except Exception as exc:  # a torch / timm problem, not onnxprune's
-                    EXPORT_FAILURES.append(f"{name} ({exporter}): {type(exc).__name__}: "
-                                           f"{str(exc).splitlines()[0] if str(exc) else ''}")
-                    print(f"export FAILED: {EXPORT_FAILURES[-1]}", flush=True)
-                    continue
-                print(f"exported {path.name} in {time.perf_counter() - tick:.0f} s", flush=True)
-            cases.append(Case(name, "timm, input-sensitive random", exporter, path))
+                    print(f"exported {path.name} in {time.perf_counter() - tick:.0f} s", flush=True)
+                cases.append(Case(name, "timm, random (cal.)", exporter, path))
+            except Exception as exc:  # a torch / timm problem, not onnxprune's
+                EXPORT_FAILURES.append(f"{name} ({exporter}): {type(exc).__name__}: {exc}"[:300])
+                print(f"export FAILED: {EXPORT_FAILURES[-1]}", flush=True)
     return cases
 
 
 def ocr_cases(names) -> list[Case]:
-    import importlib.util
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     if spec is None:
-        print("skipping PaddleOCR models: rapidocr_onnxruntime is not installed "
+        print("skipping the PaddleOCR models: no module rapidocr_onnxruntime "
               "(pip install rapidocr-onnxruntime)")
         return []
     folder = Path(spec.origin).parent / "models"
-    return [Case(name, "PaddleOCR (rapidocr), trained", "paddle2onnx", folder / file, shape)
+    return [Case(name, "PaddleOCR, trained", "paddle2onnx", folder / file, shape)
             for name, (file, shape) in OCR_MODELS.items() if name in names]
 
 
-# ---------------------------------------------------------------- the CLI
-
-def cli(args: list[str], debug: bool = False):
-    env = dict(os.environ, ONNXPRUNE_DEBUG="1") if debug else None
-    tick = time.perf_counter()
+def cli(args: list[str], log: Path):
+    """`python -m onnxprune ARGS` -> (exit, stdout, stderr, wall s); the ONNXPRUNE_DEBUG
+    traceback of an internal error is saved to `log`."""
+    command, tick = [sys.executable, "-m", "onnxprune", *args], time.perf_counter()
     try:
-        p = subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True,
-                           text=True, timeout=TIMEOUT, env=env)
-        return p.returncode, p.stdout, p.stderr, time.perf_counter() - tick
+        p = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         return None, "", f"timeout after {TIMEOUT} s", time.perf_counter() - tick
-
-
-def internal_error(stem: str, args: list[str], stderr: str, workdir: Path) -> str:
-    """The error line, with the ONNXPRUNE_DEBUG traceback saved next to the reports."""
-    log = workdir / f"{stem}.traceback.txt"
-    log.write_text(cli(args, debug=True)[2])
-    return f"{stderr.strip()} [traceback: {log}]"
+    wall, err = time.perf_counter() - tick, p.stderr.strip()
+    if p.returncode not in (0, 2):
+        env = dict(os.environ, ONNXPRUNE_DEBUG="1")
+        log.write_text(subprocess.run(command, capture_output=True, text=True, env=env).stderr)
+        err += f" [traceback: {log}]"
+    return p.returncode, p.stdout, err, wall
 
 
 def analyze_case(case: Case, workdir: Path) -> None:
     args = ["analyze", str(case.path)] + (["--input-shape", case.shape] if case.shape else [])
-    rc, out, err, _ = cli(args)
-    share = re.search(r"prunable share of M: ([\d.]+)%", out)
+    rc, out, err, _ = cli(args, workdir / f"{case.path.stem}.analyze.traceback.txt")
+    share = re.search(r"prunable share of M: ([\d.]+%)", out)
     minimum = re.search(r"--target-mem ([\d.]+)", out)
-    case.analysis = {"rc": rc, "share": share and share.group(1),
+    case.analysis = {"rc": rc, "error": err, "share": share and share.group(1),
                      "min": minimum and minimum.group(1)}
-    if rc != 0:
-        case.analysis["error"] = internal_error(f"{case.path.stem}.analyze", args, err, workdir)
 
 
 def prune_case(case: Case, target: str, workdir: Path) -> dict:
@@ -203,32 +186,28 @@ def prune_case(case: Case, target: str, workdir: Path) -> dict:
     out, report = workdir / f"{stem}.onnx", workdir / f"{stem}.json"
     args = [str(case.path), "--target-mem", target, "-o", str(out), "--report", str(report)]
     args += ["--input-shape", case.shape] if case.shape else []
-    rc, _, err, wall = cli(args)
-    run = {"rc": rc, "wall": wall}
-    if rc == 2:
-        run["reason"] = err.strip().splitlines()[0].removeprefix("onnxprune: error: ")
-    elif rc != 0:
-        run["error"] = internal_error(stem, args, err, workdir)
-    else:
+    rc, _, err, wall = cli(args, workdir / f"{stem}.traceback.txt")
+    run = {"rc": rc, "wall": wall, "error": err.splitlines()[0] if rc == 2 else err}
+    if rc == 0:
         rec = json.loads(report.read_text())
         run.update(mem=rec["ratio"]["mem"], seconds=sum(rec["timings"].values()),
                    oracle=rec["verification"])
         try:
-            run["recomputed"] = recompute(case.path, rec, out)
-        except Exception as exc:  # the check itself crashed: that is a failure too
-            run["recomputed"] = {"ok": False, "where": "?", "detail": f"{type(exc).__name__}: {exc}"}
+            run["check"] = recompute(case.path, rec, out)
+        except Exception as exc:  # the check itself crashed: a failure too
+            run["check"] = {"ok": False, "where": "?", "precision": "?",
+                            "crash": f"{type(exc).__name__}: {exc}"}
+        out.unlink()  # reports stay; pruned models would fill the disk
     return run
 
 
-# ---------------------------------------------------------------- independent oracle
-
-def graph_inputs(model):
+def graph_inputs(model) -> list:
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
 
 
 def fix_shapes(model, shapes: dict) -> None:
-    """Static analysis shape on the inputs; drop output shapes stored as -1 (Paddle)."""
+    """The analysis shape on the inputs; output shapes stored with -1 dims (Paddle) dropped."""
     for inp in graph_inputs(model):
         dims = inp.type.tensor_type.shape.dim
         want = shapes.get(inp.name) or [d.dim_value if d.dim_value > 0 else 1 for d in dims]
@@ -241,8 +220,8 @@ def fix_shapes(model, shapes: dict) -> None:
     del model.graph.value_info[:]
 
 
-def constants(model) -> dict:
-    """Weights by name: initializers and single-tensor Constant nodes (PaddlePaddle)."""
+def weights(model) -> dict:
+    """Initializers and single-tensor Constant nodes (PaddlePaddle), by tensor name."""
     found = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
@@ -251,34 +230,29 @@ def constants(model) -> dict:
 
 
 def names_match(model, sinks) -> bool:
-    """Every sink is a weight here, and none is an all-equal tensor read by several nodes
-    (onnxprune gives each reader its own copy, so zeroing the shared one would zero too much)."""
-    weights = constants(model)
+    """Every sink is a weight here and none is all-equal and read by several nodes (onnxprune
+    gives each reader its own copy: zeroing the shared tensor would zero too much)."""
+    found = weights(model)
     alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
     readers = collections.Counter()
     for node in model.graph.node:
-        if node.op_type != "Identity":
-            for name in node.input:
-                while name in alias:
-                    name = alias[name]
-                readers[name] += 1
+        for name in node.input if node.op_type != "Identity" else ():
+            while name in alias:
+                name = alias[name]
+            readers[name] += 1
     for name in sinks:
-        if name not in weights:
-            return False
-        value = numpy_helper.to_array(weights[name])
-        if readers[name] > 1 and value.size > 1 and np.all(value == value.reshape(-1)[0]):
+        value = numpy_helper.to_array(found[name]) if name in found else None
+        if value is None or (readers[name] > 1 and value.size > 1 and np.all(value == value.flat[0])):
             return False
     return True
 
 
 def zero_sinks(model, sinks: dict) -> None:
-    for name, tensor in constants(model).items():
+    for name, tensor in weights(model).items():
         if name in sinks:
             value = numpy_helper.to_array(tensor).copy()
             for axis, removed in sinks[name]:
-                index = [slice(None)] * value.ndim
-                index[axis] = removed
-                value[tuple(index)] = 0
+                value[(slice(None),) * axis + (removed,)] = 0
             tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
 
 
@@ -286,8 +260,7 @@ def run_ort(model, feeds: dict) -> dict:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
@@ -297,8 +270,8 @@ def worst_error(got: dict, want: dict) -> float:
     worst = 0.0
     for name, ref in want.items():
         ref = np.asarray(ref, np.float64)
-        diff = np.abs(np.asarray(got[name], np.float64) - ref)
-        worst = max(worst, float(diff.max(initial=0)) / max(1.0, float(np.abs(ref).max(initial=0))))
+        diff = float(np.abs(np.asarray(got[name], np.float64) - ref).max(initial=0))
+        worst = max(worst, diff / max(1.0, float(np.abs(ref).max(initial=0))))
     return worst
 
 
@@ -314,89 +287,60 @@ def recompute(path: Path, report: dict, pruned_path: Path) -> dict:
         from onnxprune.api import analyze
         reference, where = analyze(str(path), shapes).model, "norm"
     zero_sinks(reference, sinks)
-    pruned = onnx.load(str(pruned_path))
-    rng = np.random.default_rng(12345)
-    feeds = {}
+    pruned, rng, feeds = onnx.load(str(pruned_path)), np.random.default_rng(12345), {}
     for inp in graph_inputs(reference):
-        tt = inp.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        dims = [d.dim_value for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
         feeds[inp.name] = (rng.standard_normal(dims) if np.issubdtype(dtype, np.floating)
                            else rng.integers(0, 4, dims)).astype(dtype)
     err = worst_error(run_ort(pruned, feeds), run_ort(reference, feeds))
-    result = {"ok": err <= TOLERANCE, "where": where, "error": err, "precision": "f32"}
-    if not result["ok"]:
+    check = {"ok": err <= TOLERANCE, "where": where, "error": err, "precision": "f32"}
+    if not check["ok"]:
         from onnxprune.precision import run_float64
-        names = [o.name for o in reference.graph.output]
-        got = dict(zip([o.name for o in pruned.graph.output], run_float64(pruned, feeds)))
-        err64 = worst_error(got, dict(zip(names, run_float64(reference, feeds))))
-        result.update(ok=err64 <= TOLERANCE, error64=err64, precision="f64")
-    return result
-
-
-# ---------------------------------------------------------------- the table
-
-def cell_exit(run: dict) -> str:
-    return "timeout" if run["rc"] is None else str(run["rc"])
-
-
-def cell_oracle(run: dict) -> str:
-    if run["rc"] != 0:
-        return "—"
-    v = run["oracle"]
-    return f"{v['max_relative_error']:.0e}" + (" f64" if v["precision"] == "float64" else "")
-
-
-def cell_check(run: dict) -> str:
-    if run["rc"] != 0:
-        return "—"
-    r = run["recomputed"]
-    return f"{'ok' if r['ok'] else 'FAIL'} {r['where']}" + (" f64" if r["precision"] == "f64" else "")
+        outputs = lambda m: dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
+        err64 = worst_error(outputs(pruned), outputs(reference))
+        check.update(ok=err64 <= TOLERANCE, error64=err64, precision="f64")
+    return check
 
 
 def row(case: Case, targets: list[str]) -> str:
-    runs = [case.runs[t] for t in targets]
-    last = runs[-1]
-    mem = f"{last['mem']:.3f}" if last["rc"] == 0 else "—"
-    secs = (f"{last['seconds']:.2f} ({last['wall']:.1f})" if last["rc"] == 0
-            else f"— ({last['wall']:.1f})")
-    a = case.analysis
-    cells = [case.name, case.source, case.exporter, *[cell_exit(r) for r in runs], mem, secs,
-             " / ".join(cell_oracle(r) for r in runs), " / ".join(cell_check(r) for r in runs),
-             f"{a['share']}%" if a.get("share") else "—", a.get("min") or "—"]
+    runs, a, last = [case.runs[t] for t in targets], case.analysis, case.runs[targets[-1]]
+    f64 = lambda flag: " f64" if flag else ""
+    oracle = ["—" if r["rc"] != 0 else f"{r['oracle']['max_relative_error']:.0e}"
+              + f64(r["oracle"]["precision"] == "float64") for r in runs]
+    check = ["—" if r["rc"] != 0 else ("ok " if r["check"]["ok"] else "FAIL ")
+             + r["check"]["where"] + f64(r["check"]["precision"] == "f64") for r in runs]
+    cells = [case.name, case.source, case.exporter,
+             *["timeout" if r["rc"] is None else str(r["rc"]) for r in runs],
+             f"{last['mem']:.3f}" if last["rc"] == 0 else "—",
+             (f"{last['seconds']:.2f}" if last["rc"] == 0 else "—") + f" ({last['wall']:.1f})",
+             " / ".join(oracle), " / ".join(check), a["share"] or "—", a["min"] or "—"]
     return "| " + " | ".join(cells) + " |"
 
 
-def notes(case: Case) -> list[str]:
-    out = []
-    if case.analysis.get("error"):
-        out.append(f"- {case.name} ({case.exporter}) analyze: INTERNAL ERROR "
-                   f"{case.analysis['error']}")
-    for t, run in case.runs.items():
-        rec = run.get("recomputed")
-        if run["rc"] == 2:
-            out.append(f"- {case.name} ({case.exporter}) @{t}: exit 2: {run['reason']}")
-        elif run["rc"] != 0:
-            out.append(f"- {case.name} ({case.exporter}) @{t}: INTERNAL ERROR {run['error']}")
-        elif not rec["ok"]:
-            out.append(f"- {case.name} ({case.exporter}) @{t}: RECOMPUTATION FAILED: {rec}")
-    return out
-
-
-def failed(case: Case) -> bool:
-    return case.analysis.get("rc") != 0 or any(
-        r["rc"] not in (0, 2) or (r["rc"] == 0 and not r["recomputed"]["ok"])
-        for r in case.runs.values())
+def problems(case: Case) -> tuple[list[str], bool]:
+    """Note lines (exit 2 reasons, internal errors, failed checks) and whether any failed."""
+    who, a, notes = f"- {case.name} ({case.exporter})", case.analysis, []
+    if a["rc"] != 0:
+        notes.append((f"{who} analyze: INTERNAL ERROR (exit {a['rc']}): {a['error']}", True))
+    for t, r in case.runs.items():
+        if r["rc"] == 2:
+            notes.append((f"{who} @{t}: exit 2: {r['error']}", False))
+        elif r["rc"] != 0:
+            notes.append((f"{who} @{t}: INTERNAL ERROR (exit {r['rc']}): {r['error']}", True))
+        elif not r["check"]["ok"]:
+            notes.append((f"{who} @{t}: RECOMPUTATION FAILED: {r['check']}", True))
+    return [text for text, _ in notes], any(bad for _, bad in notes)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", help="comma-separated subset (timm names, ocr_det/cls/rec)")
+    p.add_argument("--models", help="comma-separated subset: timm names, ocr_det, ocr_cls, ocr_rec")
     p.add_argument("--targets", default="0.7,0.5", help="--target-mem values (default 0.7,0.5)")
-    p.add_argument("--exporters", default=",".join(EXPORTERS))
+    p.add_argument("--exporters", default="torchscript,dynamo")
     p.add_argument("--no-ocr", action="store_true")
     p.add_argument("--no-timm", action="store_true")
-    p.add_argument("--workdir", help="pruned models, reports, tracebacks (default: a temp dir)")
+    p.add_argument("--workdir", help="reports and tracebacks (default: a new temp dir)")
     args = p.parse_args()
     wanted = args.models.split(",") if args.models else [*OCR_MODELS, *TIMM_MODELS]
     targets = args.targets.split(",")
@@ -407,24 +351,25 @@ def main() -> int:
         cases += timm_cases([m for m in wanted if m not in OCR_MODELS], args.exporters.split(","))
     for case in cases:
         analyze_case(case, workdir)
-        for t in targets:
-            case.runs[t] = prune_case(case, t, workdir)
-        print(f"done {case.path.stem}: exits {[r['rc'] for r in case.runs.values()]}", flush=True)
-    ex = " / ".join(f"@{t}" for t in targets)
-    print(f"\nonnxprune --target-mem T (criterion l1, round-to 8); reports in {workdir}\n")
-    print(f"| model | source | exporter | {' | '.join(f'exit@{t}' for t in targets)} | "
-          f"M@{targets[-1]} | pipeline s @{targets[-1]} (wall) | oracle err {ex} | "
-          f"recomputed oracle {ex} | prunable M | reachable min M |")
-    print("|" + "---|" * (9 + len(targets)))
+        case.runs = {t: prune_case(case, t, workdir) for t in targets}
+        print(f"done {case.path.name}: exits {[r['rc'] for r in case.runs.values()]}", flush=True)
+    at = " / ".join(f"@{t}" for t in targets)
+    print(f"\nonnxprune --target-mem T, criterion l1, round-to 8; reports in {workdir}\n\n"
+          f"| model | source | exporter | {' | '.join(f'exit@{t}' for t in targets)} | "
+          f"M@{targets[-1]} | pipeline s @{targets[-1]} (wall) | oracle err {at} | "
+          f"recomputed oracle {at} | prunable M | reachable min M |\n"
+          + "|---" * (9 + len(targets)) + "|")
     for case in cases:
         print(row(case, targets))
-    lines = [line for case in cases for line in notes(case)]
-    print("\n" + "\n".join(lines) if lines else "")
+    checked = [problems(case) for case in cases]
+    print("".join(f"\n{line}" for lines, _ in checked for line in lines) + "\n" * any(
+        lines for lines, _ in checked))
     pruned = sum(all(r["rc"] == 0 for r in c.runs.values()) for c in cases)
     exit2 = sum(any(r["rc"] == 2 for r in c.runs.values()) for c in cases)
-    failures = sum(failed(c) for c in cases)
-    skipped = f", {len(EXPORT_FAILURES)} export failures" if EXPORT_FAILURES else ""
-    print(f"{len(cases)} models, {pruned} pruned, {exit2} exit-2, {failures} failures{skipped}")
+    failures = sum(failed for _, failed in checked)
+    exports = f", {len(EXPORT_FAILURES)} export failures" if EXPORT_FAILURES else ""
+    print(f"{len(cases)} models, {pruned} pruned, {exit2} exit-2, {failures} failures{exports}")
+    print("".join(f"- export failed: {line}\n" for line in EXPORT_FAILURES), end="")
     return 1 if failures else 0
 
 
