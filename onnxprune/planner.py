@@ -100,8 +100,9 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
     goal = target.fraction * cost_value(before, target.kind)
     while cost_value(costs.costs(removal.kept), target.kind) > goal:
         if not heap:
+            mem = _normaliser(channels, costs, Normalize.MEM)
             raise TargetUnreachable(unreachable_message(
-                before, reachable_minimum(channels, groups, costs, round_to), target, groups))
+                before, reachable_minimum(channels, groups, costs, round_to), target, groups, mem))
         _, i = heapq.heappop(heap)
         removal.remove(chunks[i].next())
         chunks[i].taken += 1
@@ -115,12 +116,14 @@ def _chunk_score(chunk: _Chunks, scores: np.ndarray, norm: np.ndarray) -> float:
     return float(scores[units].sum() / norm[units].sum())
 
 
-def unreachable_message(before: Costs, floor: Costs, target: Target, groups) -> str:
+def unreachable_message(before: Costs, floor: Costs, target: Target, groups,
+                        unit_mem: np.ndarray) -> str:
+    """One line: the reachable minimum and the blocked groups that hold the most memory."""
     kind = target.kind
     reach = cost_value(floor, kind) / max(cost_value(before, kind), 1e-12)
-    blocked = sorted((g for g in groups if g.blocked), key=lambda g: -g.channels)[:3]
-    why = "; ".join(f"{g.channels} ch at {g.tensors[0]} ({g.reasons[0] if g.reasons else '?'})"
-                    for g in blocked)
+    blocked = sorted((g for g in groups if g.blocked), key=lambda g: -unit_mem[g.units].sum())[:3]
+    why = "; ".join(f"{unit_mem[g.units].sum() / max(before.mem, 1):.0%} of M in {g.channels} ch "
+                    f"at {g.tensors[0]} ({g.reasons[0] if g.reasons else '?'})" for g in blocked)
     return (f"--target-{kind.value} {target.fraction:g} cannot be reached: the reachable minimum "
             f"is {reach:.3f} of the original with what is prunable"
             + (f"; largest blocked groups: {why}" if why else ""))

@@ -4,8 +4,9 @@
                                  [--exporters torchscript,dynamo] [--no-timm] [--workdir DIR]
 
 Models (a missing optional package prints one line and its part is skipped):
-- timm: architectures torchvision lacks, pretrained=False, 1x3x224x224, exported with dynamo=False
-  (opset 17) and dynamo=True (one file), cached in $ONNXPRUNE_CACHE or ~/.cache/onnxprune/unseen.
+- timm: architectures outside the torchvision zoo, pretrained=False, 1x3x224x224, exported with
+  dynamo=False (opset 17) and dynamo=True (one file), cached in $ONNXPRUNE_CACHE or
+  ~/.cache/onnxprune/unseen.
   timm's default init leaves many nearly input-independent, which blinds the oracle, so every
   constant-valued parameter is re-drawn and BatchNorm statistics are calibrated (seeded).
 - rapidocr-onnxruntime: the trained PaddleOCR det / cls / rec models shipped in the wheel.
@@ -152,8 +153,9 @@ def ocr_cases(names) -> list[Case]:
               "(pip install rapidocr-onnxruntime)")
         return []
     folder = Path(spec.origin).parent / "models"
-    return [Case(name, "PaddleOCR, trained", "paddle2onnx", folder / file, shape)
-            for name, (file, shape) in OCR_MODELS.items() if name in names]
+    opset = lambda path: max(o.version for o in onnx.load(str(path)).opset_import if not o.domain)
+    return [Case(name, "PaddleOCR, trained", f"Paddle, opset {opset(folder / file)}", folder / file,
+                 shape) for name, (file, shape) in OCR_MODELS.items() if name in names]
 
 
 def cli(args: list[str], log: Path):
@@ -187,7 +189,7 @@ def prune_case(case: Case, target: str, workdir: Path) -> dict:
     args = [str(case.path), "--target-mem", target, "-o", str(out), "--report", str(report)]
     args += ["--input-shape", case.shape] if case.shape else []
     rc, _, err, wall = cli(args, workdir / f"{stem}.traceback.txt")
-    run = {"rc": rc, "wall": wall, "error": err.splitlines()[0] if rc == 2 else err}
+    run = {"rc": rc, "wall": wall, "error": (err.splitlines() or [""])[0] if rc == 2 else err}
     if rc == 0:
         rec = json.loads(report.read_text())
         run.update(mem=rec["ratio"]["mem"], seconds=sum(rec["timings"].values()),
@@ -215,7 +217,8 @@ def fix_shapes(model, shapes: dict) -> None:
             dim.Clear()
             dim.dim_value = int(value)
     for out in model.graph.output:
-        if any(d.HasField("dim_value") and d.dim_value <= 0 for d in out.type.tensor_type.shape.dim):
+        shape = out.type.tensor_type.shape
+        if any(d.HasField("dim_value") and d.dim_value <= 0 for d in shape.dim):
             out.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
 
@@ -242,7 +245,8 @@ def names_match(model, sinks) -> bool:
             readers[name] += 1
     for name in sinks:
         value = numpy_helper.to_array(found[name]) if name in found else None
-        if value is None or (readers[name] > 1 and value.size > 1 and np.all(value == value.flat[0])):
+        shared = value is not None and readers[name] > 1 and value.size > 1
+        if value is None or (shared and np.all(value == value.flat[0])):
             return False
     return True
 
@@ -303,13 +307,20 @@ def recompute(path: Path, report: dict, pruned_path: Path) -> dict:
     return check
 
 
+def oracle_cells(run: dict) -> tuple[str, str]:
+    """onnxprune's oracle error and the recomputed check, for one run."""
+    if run["rc"] != 0:
+        return "—", "—"
+    oracle, check = run["oracle"], run["check"]
+    mine = check.get("error64", check.get("error", float("nan")))
+    return (f"{oracle['max_relative_error']:.0e}" + " f64" * (oracle["precision"] == "float64"),
+            f"{'ok' if check['ok'] else 'FAIL'} {mine:.0e} {check['where']}"
+            + " f64" * (check["precision"] == "f64"))
+
+
 def row(case: Case, targets: list[str]) -> str:
     runs, a, last = [case.runs[t] for t in targets], case.analysis, case.runs[targets[-1]]
-    f64 = lambda flag: " f64" if flag else ""
-    oracle = ["—" if r["rc"] != 0 else f"{r['oracle']['max_relative_error']:.0e}"
-              + f64(r["oracle"]["precision"] == "float64") for r in runs]
-    check = ["—" if r["rc"] != 0 else ("ok " if r["check"]["ok"] else "FAIL ")
-             + r["check"]["where"] + f64(r["check"]["precision"] == "f64") for r in runs]
+    oracle, check = zip(*map(oracle_cells, runs))
     cells = [case.name, case.source, case.exporter,
              *["timeout" if r["rc"] is None else str(r["rc"]) for r in runs],
              f"{last['mem']:.3f}" if last["rc"] == 0 else "—",
@@ -340,7 +351,7 @@ def main() -> int:
     p.add_argument("--exporters", default="torchscript,dynamo")
     p.add_argument("--no-ocr", action="store_true")
     p.add_argument("--no-timm", action="store_true")
-    p.add_argument("--workdir", help="reports and tracebacks (default: a new temp dir)")
+    p.add_argument("--workdir", help="reports, tracebacks, results.json (default: new temp dir)")
     args = p.parse_args()
     wanted = args.models.split(",") if args.models else [*OCR_MODELS, *TIMM_MODELS]
     targets = args.targets.split(",")
@@ -361,9 +372,11 @@ def main() -> int:
           + "|---" * (9 + len(targets)) + "|")
     for case in cases:
         print(row(case, targets))
+    records = [{**vars(c), "path": str(c.path)} for c in cases]
+    (workdir / "results.json").write_text(json.dumps(records, indent=1))
     checked = [problems(case) for case in cases]
-    print("".join(f"\n{line}" for lines, _ in checked for line in lines) + "\n" * any(
-        lines for lines, _ in checked))
+    notes = [line for lines, _ in checked for line in lines]
+    print("".join(f"\n{line}" for line in notes) + "\n" * bool(notes))
     pruned = sum(all(r["rc"] == 0 for r in c.runs.values()) for c in cases)
     exit2 = sum(any(r["rc"] == 2 for r in c.runs.values()) for c in cases)
     failures = sum(failed for _, failed in checked)
