@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"onnxprune: internal error, nothing written: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `onnxprune analyze m.onnx | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("onnxprune: interrupted, nothing written", file=sys.stderr)
         return 130

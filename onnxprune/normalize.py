@@ -31,6 +31,7 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
         raise UserError(f"opset {version} is older than {MIN_OPSET}: convert the model first "
                         f"(onnx.version_converter.convert_version)")
     _reject_unsupported(model)
+    _check_references(model)
     light, large = detach(model)  # a new light model; `model` is never written to
     fix_input_shapes(light, input_shapes)
     del light.graph.value_info[:]
@@ -40,6 +41,19 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
         if len(light.graph.node) == count:
             break
     return attach(_infer_shapes(light), large)
+
+
+def _check_references(model: onnx.ModelProto) -> None:
+    """Every node input must be produced before it (a graph input, an initializer, an earlier
+    node's output, or a name its subgraphs define) — checked here so that a broken file gets
+    one clear line rather than an error deep inside a tool."""
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    known |= {o for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        missing = [name for name in node.input if name and name not in known]
+        if missing:
+            raise UserError(f"not a valid model: {node.op_type} {node.name or ''} reads "
+                            f"{missing[0]!r}, which nothing defines")
 
 
 def _reject_unsupported(model: onnx.ModelProto) -> None:

@@ -14,24 +14,28 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 
+_LOW = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph computing in float64 (float32 tensors, I/O and casts become double)."""
+    """The same graph computing in float64 (float32 / float16 tensors, I/O and casts become
+    double)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
+        if init.data_type in _LOW:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
                                                   init.name))
     for vi in list(graph.input) + list(graph.output):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+        if vi.type.tensor_type.elem_type in _LOW:
             vi.type.tensor_type.elem_type = TensorProto.DOUBLE
     del graph.value_info[:]
     for node in graph.node:
         for attr in node.attribute:
-            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+            if attr.name == "to" and attr.i in _LOW:
                 attr.i = TensorProto.DOUBLE
-            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _LOW:
                 attr.t.CopyFrom(numpy_helper.from_array(
                     numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
     return out
@@ -39,5 +43,6 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def run_float64(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     evaluator = ReferenceEvaluator(to_float64(model))
-    feeds64 = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    feeds64 = {k: v.astype(np.float64) if v.dtype in (np.float32, np.float16) else v
+               for k, v in feeds.items()}
     return evaluator.run(None, feeds64)

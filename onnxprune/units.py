@@ -121,7 +121,7 @@ class _Builder:
         return True
 
     def _block_node(self, node: onnx.NodeProto, reason: str) -> None:
-        for name in node.input:
+        for name in list(node.input) + sorted(outer_scope_reads(node)):
             if not name:
                 continue
             if self.ctx.is_const(name):
@@ -172,6 +172,20 @@ class _Builder:
                 if reason not in reasons.setdefault(comp, []):
                     reasons[comp].append(reason)
         return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups)
+
+
+def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If / Loop / Scan bodies) read from the enclosing graph: they
+    are inputs too, though they do not appear in node.input."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
+        for graph in graphs:
+            defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+            for inner in graph.node:
+                reads |= (set(inner.input) | outer_scope_reads(inner)) - defined - {""}
+                defined |= set(inner.output)
+    return reads
 
 
 def find_channels(model: onnx.ModelProto) -> Channels:
