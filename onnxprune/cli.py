@@ -46,14 +46,18 @@ def prune_parser() -> argparse.ArgumentParser:
                 "`onnxprune analyze MODEL` shows the channel groups.")
     p.add_argument("model", help="input .onnx (never modified)")
     targets = p.add_mutually_exclusive_group(required=True)
+    what = {TargetKind.MEM: "feature-map memory M (elements of every Conv / Gemm / MatMul "
+                            "output, batch 1)",
+            TargetKind.FLOPS: "multiply-accumulates", TargetKind.PARAMS: "parameters"}
     for kind in TargetKind:
         targets.add_argument(f"--target-{kind.value}", type=_fraction, metavar="F",
-                             help=f"keep {kind.value} <= F x the original's")
+                             help=f"keep {what[kind]} <= F x the original's, 0 < F < 1")
     p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx)")
     p.add_argument("--criterion", choices=DATA_FREE, default="l1",
                    help="channel importance (data-free): l1, l2 or random (default l1)")
     p.add_argument("--normalize", choices=[n.value for n in Normalize], default="mem",
-                   help="divide importance by the memory (default), MACs, or nothing removed")
+                   help="divide each unit's importance by the memory (default) or MACs it "
+                        "removes, or by nothing")
     p.add_argument("--round-to", type=int, default=8, metavar="N",
                    help="keep each layer group a multiple of N channels where it was one "
                         "(default 8; 1 turns rounding off)")
