@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from .context import static_shapes
 from .errors import UserError
 from . import runtime  # noqa: F401  (quiets onnxruntime, which the constant folder runs)
 from .graph import MIN_OPSET, fix_input_shapes, graph_inputs, opset
@@ -169,7 +170,8 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:
         raise UserError(f"ONNX shape inference failed on this model: "
                         f"{str(exc).splitlines()[0][:200]}") from None
-    missing = [n for n in _activation_names(inferred) if not _static(inferred, n)]
+    static = static_shapes(inferred)
+    missing = [n for n in _activation_names(inferred) if n not in static]
     if missing:
         _shapes_by_running(inferred, missing)
     return inferred
@@ -177,14 +179,6 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _activation_names(model: onnx.ModelProto) -> list[str]:
     return [o for n in model.graph.node for o in n.output if o]
-
-
-def _static(model: onnx.ModelProto, name: str) -> bool:
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        if vi.name == name:
-            dims = vi.type.tensor_type.shape.dim
-            return vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims)
-    return False
 
 
 def _shapes_by_running(model: onnx.ModelProto, names: list[str]) -> None:
