@@ -29,16 +29,12 @@ package versions and ``WEIGHTS_VERSION``, written atomically (temp file + ``os.r
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import logging
 import os
 import re
 import sys
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,23 +156,11 @@ def _atomic(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """No warnings, prints or torch.onnx / onnxscript / ultralytics logging."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript",
-                                              "ultralytics")]
-    levels = [lg.level for lg in loggers]
-    sink = io.StringIO()
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
-                contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+def _quiet():
+    """models.zoo's quiet(), imported late: it needs torch, which the OCR models do not."""
+    from models.zoo import quiet
+
+    return quiet("ultralytics")
 
 
 def _torch_export(net, x, path: str, exporter: str, outputs, dynamic_axes=None) -> None:

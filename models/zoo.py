@@ -179,9 +179,10 @@ def example_input(image_size: int = 224, seed: int = 0) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence Python-level warnings, prints and torch.onnx/onnxscript logging."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+def quiet(*extra_loggers: str) -> Iterator[None]:
+    """Silence Python-level warnings, prints and torch.onnx/onnxscript (+ extra) logging."""
+    names = ("torch.onnx", "torch.export", "onnxscript") + extra_loggers
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     sink = io.StringIO()
     try:
@@ -246,7 +247,7 @@ def export(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             if exporter is Exporter.TORCHSCRIPT:
                 _export_torchscript(model, x, tmp)
             else:

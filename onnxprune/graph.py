@@ -11,9 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from .errors import UserError
 
