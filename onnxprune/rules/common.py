@@ -22,10 +22,6 @@ def int_list(value) -> list[int]:
     return [int(v) for v in np.asarray(value).reshape(-1)]
 
 
-def first_output(node: onnx.NodeProto) -> str:
-    return node.output[0]
-
-
 def used_outputs(node: onnx.NodeProto) -> list[str]:
     return present(node.output)
 
@@ -34,4 +30,4 @@ def not_axis(op: str, axis: int, want: int = 1) -> str:
     return f"{op} works on channels at axis {want} but they are at axis {axis} here"
 
 
-__all__ = ["Key", "T", "present", "norm_axis", "int_list", "first_output", "used_outputs", "not_axis"]
+__all__ = ["Key", "T", "present", "norm_axis", "int_list", "used_outputs", "not_axis"]
