@@ -178,7 +178,7 @@ def _torch_export(net, x, path: str, exporter: str, outputs, dynamic_axes=None) 
 
 def redraw_constant_parameters(net, generator) -> None:
     """Re-draw every parameter whose values are all equal (fresh BatchNorm gammas and betas,
-    detection-head bias priors), as tools/bench_unseen.py does for timm: weights ~ N(0, 1/fan_in)
+    detection-head bias priors; tools/bench_unseen.py uses it for timm): weights ~ N(0, 1/fan_in)
     (Kaiming), biases ~ N(0, 0.1), scales ~ U(0.5, 1.5)."""
     import torch
 
@@ -264,7 +264,7 @@ def _export_yolo(name: str, exporter: str, path: str) -> None:
         torch.set_num_threads(threads)
 
 
-def _bench_unseen():
+def load_bench_unseen():
     """tools/bench_unseen.py as a module (tools/ is not a package; importing it sets
     HF_HUB_OFFLINE=1)."""
     if "bench_unseen" not in sys.modules:
@@ -282,7 +282,7 @@ def _bench_unseen():
 
 def _timm(model: OtherModel, folder: Path) -> Path:
     """tools/bench_unseen.py's export_timm (its weights and file naming), in our cache."""
-    bench_unseen = _bench_unseen()
+    bench_unseen = load_bench_unseen()
     import timm
     import torch
 

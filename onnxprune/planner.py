@@ -100,9 +100,9 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
     goal = target.fraction * cost_value(before, target.kind)
     while cost_value(costs.costs(removal.kept), target.kind) > goal:
         if not heap:
-            mem = _normaliser(channels, costs, Normalize.MEM)
+            mem = _normaliser(channels, costs, Normalize.MEM)  # every chunk is gone: the floor
             raise TargetUnreachable(unreachable_message(
-                before, reachable_minimum(channels, groups, costs, round_to), target, groups, mem))
+                before, costs.costs(removal.kept), target, groups, mem))
         _, i = heapq.heappop(heap)
         removal.remove(chunks[i].next())
         chunks[i].taken += 1

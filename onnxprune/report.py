@@ -100,14 +100,15 @@ def prune_summary(result, output: str) -> str:
 def analysis_text(analysis, minimum: Costs) -> str:
     before = analysis.costs.costs()
     rows = ["layer groups (channels, share of M, member tensors, status):"]
-    for rec in group_records(analysis):
+    records = group_records(analysis)
+    for rec in records:
         share = rec["mem"] / before.mem if before.mem else 0
         first = rec["tensors"][0] if rec["tensors"] else "?"
         more = f" +{len(rec['tensors']) - 1}" if len(rec["tensors"]) > 1 else ""
         status = "prunable" if rec["prunable"] else "blocked: " + "; ".join(rec["reasons"][:2])
         rows.append(f"  #{rec['index']:<4} {rec['channels']:>6} ch {share:6.1%}  {first}{more}  "
                     f"{status}")
-    prunable = sum(r["mem"] for r in group_records(analysis) if r["prunable"])
+    prunable = sum(r["mem"] for r in records if r["prunable"])
     rows.append(f"prunable share of M: {prunable / before.mem if before.mem else 0:.1%}")
     rows.append("costs:\n" + cost_table(before))
     rows.append("reachable minimum with what is prunable (fraction of the original):")

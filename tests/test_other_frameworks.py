@@ -16,9 +16,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from models.other import MODELS, OtherModel, build
+from models.other import MODELS, OtherModel, build, load_bench_unseen
 from onnxprune.cli import main
 
+_ONNX = load_bench_unseen()  # its ONNX helpers (weights incl. Paddle Constants, fix_shapes)
 TARGETS = (0.7, 0.5)
 TOLERANCE = 1e-4  # relative to max(1, max |reference|), per output, as the README defines it
 SEED = 12345  # inputs for the recomputed oracle; onnxprune's own verifier uses --seed 0
@@ -114,36 +115,6 @@ def _minimum(text: str) -> float:
 
 # ----------------------------------------------------------------------------- the oracle
 
-def _weights(model) -> dict:
-    """Initializers and single-tensor Constant nodes (PaddlePaddle keeps its weights there)."""
-    found = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
-            found[node.output[0]] = node.attribute[0].t
-    return found
-
-
-def _graph_inputs(model) -> list:
-    inits = {i.name for i in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
-
-
-def _fix_shapes(model, shapes: dict) -> None:
-    """The analysis shape on the inputs (other dynamic dims 1); drop stored shapes that the new
-    input shape may contradict (Paddle stores outputs with -1 dims)."""
-    for inp in _graph_inputs(model):
-        dims = inp.type.tensor_type.shape.dim
-        want = shapes.get(inp.name) or [d.dim_value if d.dim_value > 0 else 1 for d in dims]
-        for dim, value in zip(dims, want):
-            dim.Clear()
-            dim.dim_value = int(value)
-    for out in model.graph.output:
-        if any(not d.HasField("dim_value") or d.dim_value <= 0
-               for d in out.type.tensor_type.shape.dim):
-            out.type.tensor_type.ClearField("shape")
-    del model.graph.value_info[:]
-
-
 def _reference(source: str, record: dict):
     """The original with the removed indices of every sink weight zeroed (the report's recipe),
     and where the zeroing was done: "original", or "normalised" (onnxprune's normalised model)
@@ -151,12 +122,12 @@ def _reference(source: str, record: dict):
     shapes = {k: tuple(v) for k, v in record["options"]["input_shapes"].items()}
     sinks = [s for s in record["slices"] if s["role"] == "sink"]
     model, where = onnx.load(source), "original"
-    _fix_shapes(model, shapes)
-    if not all(s["initializer"] in _weights(model) for s in sinks):
+    _ONNX.fix_shapes(model, shapes)
+    if not all(s["initializer"] in _ONNX.weights(model) for s in sinks):
         from onnxprune.api import analyze
 
         model, where = analyze(source, shapes).model, "normalised"
-    weights = _weights(model)
+    weights = _ONNX.weights(model)
     zeroed = {}
     for s in sinks:
         name = s["initializer"]
@@ -172,7 +143,7 @@ def _reference(source: str, record: dict):
 
 def _feeds(model) -> dict:
     rng, feeds = np.random.default_rng(SEED), {}
-    for inp in _graph_inputs(model):
+    for inp in _ONNX.graph_inputs(model):
         dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
         dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
         feeds[inp.name] = (rng.standard_normal(dims) if np.issubdtype(dtype, np.floating)
@@ -224,7 +195,8 @@ def _recompute_oracle(source: str, record: dict, pruned, per_channel: bool = Fal
                      float32_error=check["error"])
     # Not vacuous: the unmasked original must differ from the pruned model beyond the tolerance.
     unmasked = onnx.load(source)
-    _fix_shapes(unmasked, {k: tuple(v) for k, v in record["options"]["input_shapes"].items()})
+    shapes = {k: tuple(v) for k, v in record["options"]["input_shapes"].items()}
+    _ONNX.fix_shapes(unmasked, shapes)
     check["unmasked_error"] = _error(got, _run(unmasked, feeds))
     check["shapes"] = {k: v.shape for k, v in want.items()}
     return check
@@ -240,7 +212,8 @@ def _check_pruned(spec, source, target, out, report, record_property) -> None:
     assert record["verification"]["max_relative_error"] <= TOLERANCE
     pruned, original = onnx.load(out), onnx.load(source)
     onnx.checker.check_model(pruned, full_check=True)
-    assert [i.name for i in _graph_inputs(pruned)] == [i.name for i in _graph_inputs(original)]
+    names = [[i.name for i in _ONNX.graph_inputs(m)] for m in (pruned, original)]
+    assert names[0] == names[1]
     assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
     check = _recompute_oracle(source, record, pruned, per_channel=spec.family in PER_CHANNEL)
     record_property(f"result@{target}", json.dumps({

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ from a plain clone
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -72,18 +73,12 @@ class Case:
 def randomize(model, seed: int):
     """Re-draw constant-valued parameters, calibrate BatchNorm statistics; eval mode."""
     import torch
+
+    from models.other import redraw_constant_parameters
+
     gen = torch.Generator().manual_seed(seed)
+    redraw_constant_parameters(model, gen)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.reshape(-1)
-            if flat.numel() > 1 and not bool((flat == flat[0]).all()) and p.abs().max() > 0:
-                continue
-            if p.ndim >= 2:
-                torch.nn.init.kaiming_normal_(p, generator=gen)
-            elif name.endswith("bias") or "beta" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            else:
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
         for bn in model.modules():
             if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
                 bn.reset_running_stats()
@@ -209,7 +204,8 @@ def graph_inputs(model) -> list:
 
 
 def fix_shapes(model, shapes: dict) -> None:
-    """The analysis shape on the inputs; output shapes stored with -1 dims (Paddle) dropped."""
+    """The analysis shape on the inputs (other dynamic dims 1); output shapes that the new
+    input shape may contradict (Paddle stores -1 dims) are dropped."""
     for inp in graph_inputs(model):
         dims = inp.type.tensor_type.shape.dim
         want = shapes.get(inp.name) or [d.dim_value if d.dim_value > 0 else 1 for d in dims]
@@ -217,8 +213,8 @@ def fix_shapes(model, shapes: dict) -> None:
             dim.Clear()
             dim.dim_value = int(value)
     for out in model.graph.output:
-        shape = out.type.tensor_type.shape
-        if any(d.HasField("dim_value") and d.dim_value <= 0 for d in shape.dim):
+        if any(not d.HasField("dim_value") or d.dim_value <= 0
+               for d in out.type.tensor_type.shape.dim):
             out.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
 
