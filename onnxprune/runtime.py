@@ -11,10 +11,11 @@ _TWO_GB = 2**31 - 1
 ort.set_default_logger_severity(3)  # graph-optimiser notes are not the user's business
 
 
-def session(model: onnx.ModelProto, optimize: bool = True, threads: int | None = None
-            ) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, optimize: bool = True, threads: int | None = None,
+            quiet: bool = False) -> ort.InferenceSession:
+    """A CPU session; `quiet` also silences kernel errors the caller handles itself."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:

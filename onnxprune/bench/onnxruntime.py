@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +46,19 @@ class LatencyStats:
     provider: str
 
 
-def make_session(model: ModelLike, threads: int | None = None) -> ort.InferenceSession:
-    """CPU InferenceSession with all graph optimisations enabled."""
+def make_session(model: ModelLike, threads: int | None = None,
+                 providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+                 quiet: bool = False) -> ort.InferenceSession:
+    """InferenceSession with all graph optimisations enabled (CPU unless `providers` says).
+
+    onnxruntime silently falls back to the CPU when a requested provider cannot start:
+    callers that asked for another one must check `session.get_providers()`. `quiet` also
+    silences the error log of failures the caller reports itself.
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -60,7 +67,7 @@ def make_session(model: ModelLike, threads: int | None = None) -> ort.InferenceS
         source = model.SerializeToString()
     else:
         source = str(Path(model))
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, opts, providers=list(providers))
 
 
 def _concrete_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
@@ -84,7 +91,7 @@ def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.
     return feeds
 
 
-def _summarize(times_ms: list[float], provider: str) -> LatencyStats:
+def summarize(times_ms: Sequence[float], provider: str) -> LatencyStats:
     arr = np.asarray(times_ms, dtype=np.float64)
     return LatencyStats(
         median_ms=float(np.median(arr)),
@@ -93,6 +100,39 @@ def _summarize(times_ms: list[float], provider: str) -> LatencyStats:
         runs=len(times_ms),
         provider=provider,
     )
+
+
+def interleave(timers: Sequence[Callable[[], float]], runs: int | None = 30, warmup: int = 5,
+               seconds: float | None = None) -> list[list[float]]:
+    """Call every timer once per round, in order; each call runs its model once and returns
+    the elapsed milliseconds. `runs` rounds, or with `seconds` as many rounds as fit in that
+    wall time (at least one). Returns the per-timer lists of times."""
+    if (runs is None) == (seconds is None):
+        raise ValueError("give exactly one of runs and seconds")
+    if (runs is not None and runs < 1) or (seconds is not None and seconds <= 0) or warmup < 0:
+        raise ValueError(f"need runs >= 1, seconds > 0, warmup >= 0, got {runs=}, {seconds=}, "
+                         f"{warmup=}")
+    for _ in range(warmup):
+        for timer in timers:
+            timer()
+    times: list[list[float]] = [[] for _ in timers]
+    deadline = None if seconds is None else time.perf_counter() + seconds
+    rounds = 0
+    while (rounds < runs) if runs is not None else (rounds == 0 or time.perf_counter() < deadline):
+        for i, timer in enumerate(timers):
+            times[i].append(timer())
+        rounds += 1
+    return times
+
+
+def cpu_timer(session: ort.InferenceSession, feeds: dict[str, np.ndarray]
+              ) -> Callable[[], float]:
+    """A timer for `interleave`: one host-clocked `session.run` in milliseconds."""
+    def timed() -> float:
+        t0 = time.perf_counter_ns()
+        session.run(None, feeds)
+        return (time.perf_counter_ns() - t0) / 1e6
+    return timed
 
 
 def latency_interleaved(
@@ -111,14 +151,6 @@ def latency_interleaved(
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got {runs=}, {warmup=}")
     sessions = [make_session(m, threads) for m in models]
-    feeds = [random_inputs(s, seed) for s in sessions]
-    for _ in range(warmup):
-        for sess, feed in zip(sessions, feeds):
-            sess.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for i, (sess, feed) in enumerate(zip(sessions, feeds)):
-            t0 = time.perf_counter_ns()
-            sess.run(None, feed)
-            times[i].append((time.perf_counter_ns() - t0) / 1e6)
-    return [_summarize(t, s.get_providers()[0]) for t, s in zip(times, sessions)]
+    timers = [cpu_timer(s, random_inputs(s, seed)) for s in sessions]
+    times = interleave(timers, runs=runs, warmup=warmup)
+    return [summarize(t, s.get_providers()[0]) for t, s in zip(times, sessions)]

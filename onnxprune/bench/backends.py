@@ -1,0 +1,242 @@
+"""Inference backends for `onnxprune bench`: onnxruntime CPU / CUDA / TensorRT EPs, TensorRT.
+
+A backend turns an in-memory ONNX model at one batch size into a runner (`prepare`), runs it on
+numpy feeds for the output comparison with onnxruntime CPU (`run`), and hands out a timer for
+`interleave` (`timer`: a closure that runs once and returns milliseconds). GPU timers feed
+inputs that already live on the device, so host-device copies are not part of the latency.
+
+onnxruntime-gpu lists the CUDA and TensorRT providers as available even without a GPU and then
+silently runs on the CPU; so a session's *active* provider is checked after it is created, and
+a backend that cannot run raises `BackendUnavailable` (a UserError: one line, exit 2).
+TensorRT itself lives in tensorrt.py and is imported only when asked for.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from ..batch import batch_free
+from ..errors import UserError
+from ..graph import graph_inputs
+from .onnxruntime import cpu_timer, make_session
+
+Feeds = dict[str, np.ndarray]
+BATCH_PARAM = "batch"
+
+
+class BackendUnavailable(UserError):
+    """The requested backend cannot run on this machine (missing package, provider or GPU)."""
+
+
+class BackendKind(enum.Enum):
+    ORT_CPU = "ort-cpu"
+    ORT_CUDA = "ort-cuda"
+    ORT_TRT = "ort-trt"
+    TENSORRT = "tensorrt"
+
+
+def default_cache_dir() -> Path:
+    """$ONNXPRUNE_ENGINE_CACHE, else ~/.cache/onnxprune/engines (TensorRT engines)."""
+    env = os.environ.get("ONNXPRUNE_ENGINE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "onnxprune" / "engines"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    threads: int | None = None                      # onnxruntime intra-op threads
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+
+class Backend(Protocol):
+    name: str
+    supports_fp16: bool
+
+    def check(self) -> None:
+        """Raise BackendUnavailable with one clear line if this backend cannot run here."""
+
+    def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> Any:
+        """A runner for `model` (already re-batched) at `batch`."""
+
+    def run(self, runner: Any, feeds: Feeds) -> list[np.ndarray]:
+        """Outputs on the host, in graph output order."""
+
+    def timer(self, runner: Any, feeds: Feeds) -> Callable[[], float]:
+        """A closure that runs once on `feeds` and returns the elapsed milliseconds."""
+
+
+def _probe_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@dataclass(frozen=True)
+class OrtBackend:
+    """onnxruntime with one execution provider; the CPU provider is the fallback for ops the
+    requested provider does not take (as onnxruntime itself does)."""
+
+    name: str
+    provider: str
+    options: BackendOptions
+    supports_fp16: bool = False
+
+    def _providers(self, fp16: bool) -> list[str | tuple[str, dict]]:
+        if self.provider == "TensorrtExecutionProvider":
+            self.options.cache_dir.mkdir(parents=True, exist_ok=True)
+            trt_options = {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
+                           "trt_engine_cache_path": str(self.options.cache_dir)}
+            return [(self.provider, trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+        if self.provider == "CUDAExecutionProvider":
+            return [self.provider, "CPUExecutionProvider"]
+        return [self.provider]
+
+    def check(self) -> None:
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise BackendUnavailable(
+                f"{self.name} backend unavailable: onnxruntime {ort.__version__} has no "
+                f"{self.provider} (available: {', '.join(available)}; install onnxruntime-gpu)")
+        self.prepare(_probe_model(), 1, False)
+
+    def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> ort.InferenceSession:
+        with warnings.catch_warnings():  # "provider not available": checked right below
+            warnings.simplefilter("ignore")
+            session = make_session(model, self.options.threads, self._providers(fp16), quiet=True)
+        active = session.get_providers()[0]
+        if active != self.provider:
+            raise BackendUnavailable(
+                f"{self.name} backend unavailable: onnxruntime fell back to {active} (no usable "
+                f"GPU, or the CUDA / cuDNN / TensorRT libraries are missing)")
+        return session
+
+    def run(self, runner: ort.InferenceSession, feeds: Feeds) -> list[np.ndarray]:
+        return runner.run(None, feeds)
+
+    def timer(self, runner: ort.InferenceSession, feeds: Feeds) -> Callable[[], float]:
+        if self.provider == "CPUExecutionProvider":
+            return cpu_timer(runner, feeds)
+        return _device_timer(runner, feeds)
+
+
+def _device_timer(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], float]:
+    """Inputs and outputs bound to GPU memory once (IOBinding); each call times one run."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda", 0)
+
+    def timed() -> float:
+        t0 = time.perf_counter_ns()
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return (time.perf_counter_ns() - t0) / 1e6
+    return timed
+
+
+def get_backend(kind: BackendKind, options: BackendOptions) -> Backend:
+    if kind is BackendKind.TENSORRT:
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(options)
+    provider = {BackendKind.ORT_CPU: "CPUExecutionProvider",
+                BackendKind.ORT_CUDA: "CUDAExecutionProvider",
+                BackendKind.ORT_TRT: "TensorrtExecutionProvider"}[kind]
+    return OrtBackend(kind.value, provider, options, supports_fp16=kind is BackendKind.ORT_TRT)
+
+
+def unavailable_reason(kind: BackendKind, options: BackendOptions | None = None) -> str | None:
+    """None if `kind` runs here, else the one-line reason (used by tests to skip)."""
+    try:
+        get_backend(kind, options or BackendOptions()).check()
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
+
+
+# --- the model side: batch sizes and random feeds ------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def input_specs(model: onnx.ModelProto, batch: int, label: str) -> list[InputSpec]:
+    """Every real input with dim 0 set to `batch`; other dims must be static."""
+    specs = []
+    for inp in graph_inputs(model):
+        tt = inp.type.tensor_type
+        shape = []
+        for axis, d in enumerate(tt.shape.dim):
+            if axis == 0:
+                shape.append(batch)
+            elif d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            else:
+                raise UserError(f"{label}: input {inp.name!r} has a dynamic dimension "
+                                f"{d.dim_param or '?'!r} at axis {axis}; bench needs static "
+                                f"shapes apart from the batch")
+        specs.append(InputSpec(inp.name, tuple(shape),
+                               np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
+
+
+def random_feeds(specs: list[InputSpec], seed: int) -> Feeds:
+    """Floats ~ N(0, 1); integer and boolean inputs are zeros."""
+    rng = np.random.default_rng(seed)
+    return {s.name: (rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f"
+                     else np.zeros(s.shape, s.dtype)) for s in specs}
+
+
+def _dim0(vi: onnx.ValueInfoProto) -> onnx.TensorShapeProto.Dimension | None:
+    tt = vi.type.tensor_type
+    return tt.shape.dim[0] if tt.HasField("shape") and len(tt.shape.dim) else None
+
+
+def batch_dims(values: list[onnx.ValueInfoProto]) -> list[int | str | None]:
+    """The declared dim 0 of each value (int, symbol, or None if unknown)."""
+    result: list[int | str | None] = []
+    for vi in values:
+        d = _dim0(vi)
+        result.append(None if d is None else d.dim_value if d.HasField("dim_value")
+                      else d.dim_param or None)
+    return result
+
+
+def needs_rebatch(model: onnx.ModelProto, batch: int) -> bool:
+    return any(d != batch for d in batch_dims(graph_inputs(model)))
+
+
+def with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """`model` itself if its inputs already have `batch` at dim 0; else its batch-free copy
+    (`onnxprune.batch.batch_free`: symbolic dim 0, batch-1 Reshape targets rewritten). The
+    caller checks every output's batch size, which catches what the rewrite cannot fix."""
+    if not needs_rebatch(model, batch):
+        return model
+    free = batch_free(model)
+    if free is not None:
+        return free
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for vi in graph_inputs(copy) + list(copy.graph.output):
+        d = _dim0(vi)
+        if d is not None:
+            d.Clear()
+            d.dim_param = BATCH_PARAM
+    del copy.graph.value_info[:]
+    return copy
