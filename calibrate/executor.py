@@ -1,0 +1,390 @@
+"""An ONNX graph executed as a torch.nn.Module (our own, not onnx2torch).
+
+Construction compiles the graph once into a list of steps — (torch function, input slots,
+output slots, slots to free, node index) — built by the op table in `calibrate.ops` with
+every attribute decoded and its schema default filled in, so `forward` only moves tensors.
+Floating-point initializers become registered Parameters (BatchNormalization running
+statistics and Resize scales / roi become buffers), integer ones non-persistent buffers, all
+under sanitised names (ONNX names contain '.', ':' and '/'); `params` / `buffers_by_name` map
+the ONNX names to them. Intermediate values are dropped after their last consumer. The
+module starts in eval mode; train() switches BatchNormalization to batch statistics (updating
+the running buffers) and enables Dropout.
+
+Shape values are int64 tensors on the module's device; ops that need python ints call
+`.tolist()` (constant inputs are read once, at construction). Nodes whose inputs are all
+constant shape values (integer initializers, `Constant` nodes) are evaluated at construction.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from onnxprune.errors import UserError
+
+from .ops import OPS, Spec, Unsupported
+
+_SCHEMA_DEFAULTS: dict[tuple[str, int], tuple[int, dict]] = {}
+_CONTROL_SLOTS = {"Resize": (1, 2, 3), "Upsample": (1,)}  # float inputs that are not weights
+_BN_STATS = (3, 4)
+_NONE = 0  # slot 0 always holds None: absent inputs and unused outputs point there
+_NO_IMPL = {"Loop": "Loop is control flow with a data-dependent trip count",
+            "Scan": "Scan is control flow over a sequence"}
+
+
+class UnsupportedModel(UserError):
+    """A node (op, attribute value or input form) has no exact torch implementation."""
+
+
+class _Run:
+    """Per-forward context handed to the steps that ask for it (BN, Dropout, If)."""
+
+    __slots__ = ("module", "training", "transforms")
+
+    def __init__(self, module: OnnxModule, transforms):
+        self.module = module
+        self.training = module.training
+        self.transforms = transforms
+
+
+class _Program:
+    """One graph (the model's, or an If branch) compiled into steps over value slots."""
+
+    def __init__(self):
+        self.slots: dict[str, int] = {"": _NONE}
+        self.sources: list[tuple[int, str, bool]] = []  # (slot, registered name, is_param)
+        self.input_names: list[str] = []
+        self.inputs: list[int] = []
+        self.outputs: list[int] = []
+        self.steps: list[tuple] = []  # (fn, wants_run, in_slots, out_slots, free, index)
+
+    def slot(self, name: str) -> int:
+        if name not in self.slots:
+            self.slots[name] = len(self.slots)
+        return self.slots[name]
+
+    def run(self, run: _Run, initial) -> tuple:
+        vals: list = [None] * len(self.slots)
+        params, buffers = run.module._parameters, run.module._buffers
+        for slot, key, is_param in self.sources:
+            vals[slot] = params[key] if is_param else buffers[key]
+        for slot, value in zip(self.inputs, initial):
+            vals[slot] = value
+        transforms = run.transforms
+        for fn, wants_run, ins, outs, free, index in self.steps:
+            args = [vals[i] for i in ins]
+            if transforms and index in transforms:
+                for slot, transform in transforms[index]:
+                    args[slot] = transform(args[slot])
+            result = fn(run, *args) if wants_run else fn(*args)
+            if isinstance(result, torch.Tensor):
+                vals[outs[0]] = result
+            else:
+                for o, value in zip(outs, result):
+                    vals[o] = value
+            for i in free:
+                vals[i] = None
+        return tuple(vals[i] for i in self.outputs)
+
+
+class OnnxModule(torch.nn.Module):
+    """Runs an ONNX model in torch: differentiable, trainable, device-movable."""
+
+    def __init__(self, model: onnx.ModelProto):
+        super().__init__()
+        self.opset = _default_opset(model)
+        self._names: dict[str, tuple[str, bool]] = {}  # ONNX name -> (registered name, param)
+        self._taken: set[str] = set()
+        self._folded: set[int] = set()  # node indices evaluated at construction
+        self.input_transforms: dict[tuple[int, int], Callable] = {}
+        graph = model.graph
+        inits = {i.name for i in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in inits]
+        self.output_names = [o.name for o in graph.output]
+        self._program = self._compile(graph, outer=None, top=True)
+        self.eval()  # an ONNX graph is an inference graph: train() opts in to batch statistics
+
+    # ------------------------------------------------------------------ public interface
+
+    @property
+    def params(self) -> dict[str, torch.nn.Parameter]:
+        return {name: self._parameters[key] for name, (key, is_param) in self._names.items()
+                if is_param}
+
+    @property
+    def buffers_by_name(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, (key, is_param) in self._names.items():
+            value = None if is_param else self._buffers.get(key)
+            if value is not None and value.is_floating_point():
+                out[name] = value
+        return out
+
+    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, ...]:
+        values = list(args)
+        if len(values) > len(self.input_names):
+            raise TypeError(f"{len(values)} inputs given, the model has {len(self.input_names)}")
+        for name in self.input_names[len(values):]:
+            if name not in kwargs:
+                raise TypeError(f"missing model input {name!r}")
+            values.append(kwargs.pop(name))
+        if kwargs:
+            raise TypeError(f"unknown model inputs {sorted(kwargs)}")
+        values = [v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for v in values]
+        return self._program.run(_Run(self, self._transforms_by_node()), values)
+
+    def write_back(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A copy of `model` whose initializers hold this module's current values."""
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        current = {**self.buffers_by_name, **self.params}
+        for init in out.graph.initializer:
+            if init.name not in current:
+                continue
+            value = current[init.name].detach().cpu()
+            if tuple(value.shape) != tuple(init.dims):
+                raise ValueError(f"initializer {init.name!r}: the module holds shape "
+                                 f"{tuple(value.shape)}, the model {tuple(init.dims)}")
+            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+            init.CopyFrom(numpy_helper.from_array(value.numpy().astype(dtype, copy=False),
+                                                  init.name))
+        return out
+
+    # ------------------------------------------------------------------ construction
+
+    def _transforms_by_node(self) -> dict[int, list]:
+        if not self.input_transforms:
+            return {}
+        by_node: dict[int, list] = {}
+        for (index, slot), transform in self.input_transforms.items():
+            if index in self._folded:
+                raise ValueError(f"input transform on node {index}, which only reads constants "
+                                 f"and was evaluated at construction")
+            by_node.setdefault(index, []).append((slot, transform))
+        return by_node
+
+    def _compile(self, graph: onnx.GraphProto, outer: set[str] | None, top: bool) -> _Program:
+        prog = _Program()
+        consts: dict[str, np.ndarray] = {}  # build-time values (initializers, Constants)
+        foldable: set[str] = set()  # constant shape values: nodes reading only these fold
+        roles = _initializer_roles(graph) if top else {}
+        consumed = _consumed(graph)
+        for init in graph.initializer:
+            value = _to_array(init)
+            consts[init.name] = value
+            kind = roles.get(init.name, "param") if top else "buffer"
+            self._add_const(prog, init.name, value, kind)
+            if not np.issubdtype(value.dtype, np.floating):
+                foldable.add(init.name)
+        if top:
+            for inp in graph.input:
+                if inp.name not in consts:
+                    prog.input_names.append(inp.name)
+                    prog.inputs.append(prog.slot(inp.name))
+        local = set(prog.slots) | {i.name for i in graph.input}
+        outer_refs: list[str] = []
+        for index, node in enumerate(graph.node):
+            for name in node.input:
+                if name and name not in local:
+                    if outer is None or name not in outer:
+                        raise UnsupportedModel(f"{node.op_type} node {node.name!r} reads "
+                                               f"{name!r}, which nothing before it defines")
+                    if name not in outer_refs:
+                        outer_refs.append(name)
+                        prog.input_names.append(name)
+                        prog.inputs.append(prog.slot(name))
+            used = [bool(o) and o in consumed for o in node.output]
+            spec = self._spec(node, consts, used, prog, local | (outer or set()))
+            fn = _build(spec)
+            if _can_fold(node, fn, foldable):
+                self._fold(prog, node, index, fn, consts, foldable)
+            else:
+                ins = [prog.slot(n) if n else _NONE for n in node.input]
+                ins += [prog.slot(n) for n in spec.extra.get("outer", [])]
+                outs = [prog.slot(o) if o and u else _NONE for o, u in zip(node.output, used)]
+                prog.steps.append((fn, getattr(fn, "wants_run", False), tuple(ins), tuple(outs),
+                                   (), index if top else -1))
+            local.update(o for o in node.output if o)
+        for out in graph.output:
+            if out.name not in local:
+                raise UnsupportedModel(f"graph output {out.name!r} is not produced by any node")
+            prog.outputs.append(prog.slot(out.name))
+        _plan_frees(prog)
+        return prog
+
+    def _spec(self, node, consts, used, prog, visible) -> Spec:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedModel(f"{node.op_type} node {node.name!r}: custom domain "
+                                   f"{node.domain!r} has no torch implementation")
+        since, attrs = _attributes(node, self.opset)
+        spec = Spec(node=node, attrs=attrs, since=since,
+                    consts=[consts.get(n) if n else None for n in node.input],
+                    outputs_used=used,
+                    buffer_slots=frozenset(i for i, n in enumerate(node.input)
+                                           if n in self._names and not self._names[n][1]))
+
+        def compile_branch(graph: onnx.GraphProto) -> _Program:
+            sub = self._compile(graph, outer=visible, top=False)
+            outer = spec.extra.setdefault("outer", [])
+            outer.extend(n for n in sub.input_names if n not in outer)
+            return sub
+
+        spec.compile = compile_branch
+        return spec
+
+    def _fold(self, prog, node, index, fn, consts, foldable) -> None:
+        args = [self._const_tensor(prog, n) if n else None for n in node.input]
+        with torch.no_grad():
+            result = fn(*args)
+        results = [result] if isinstance(result, torch.Tensor) else list(result)
+        for name, value in zip(node.output, results):
+            if name and value is not None:
+                array = value.numpy()
+                consts[name] = array
+                foldable.add(name)
+                self._add_const(prog, name, array, "buffer")
+        self._folded.add(index)
+
+    def _const_tensor(self, prog, name):
+        key, is_param = self._names[name]
+        return self._parameters[key] if is_param else self._buffers[key]
+
+    def _add_const(self, prog: _Program, name: str, value: np.ndarray, kind: str) -> None:
+        """Register an initializer / constant: kind is param, buffer or stat (BN running)."""
+        tensor = torch.from_numpy(np.array(value, copy=True))
+        floating = tensor.is_floating_point()
+        key = self._register_name(name)
+        is_param = kind == "param" and floating and tensor.numel() > 1
+        if is_param:
+            self.register_parameter(key, torch.nn.Parameter(tensor))
+        else:
+            self.register_buffer(key, tensor, persistent=floating)
+        self._names[name] = (key, is_param)
+        prog.sources.append((prog.slot(name), key, is_param))
+
+    def _register_name(self, name: str) -> str:
+        base = "v_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
+        key, n = base, 1
+        while key in self._taken:
+            key, n = f"{base}_{n}", n + 1
+        self._taken.add(key)
+        return key
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise UnsupportedModel("the model imports no default-domain opset")
+
+
+def _to_array(init: onnx.TensorProto) -> np.ndarray:
+    if init.data_location == onnx.TensorProto.EXTERNAL and not init.HasField("raw_data"):
+        raise UnsupportedModel(f"initializer {init.name!r} has external data that is not "
+                               f"loaded (onnx.load with load_external_data=True)")
+    try:
+        return numpy_helper.to_array(init)
+    except Exception as exc:
+        raise UnsupportedModel(f"initializer {init.name!r}: cannot read it ({exc})") from None
+
+
+def _initializer_roles(graph: onnx.GraphProto) -> dict[str, str]:
+    """BatchNormalization running statistics and Resize scales are buffers, not weights."""
+    roles = {}
+    for node in graph.node:
+        slots = _BN_STATS if node.op_type == "BatchNormalization" else \
+            _CONTROL_SLOTS.get(node.op_type, ())
+        for slot in slots:
+            if slot < len(node.input) and node.input[slot]:
+                roles[node.input[slot]] = "buffer"
+    return roles
+
+
+def _consumed(graph: onnx.GraphProto) -> set[str]:
+    """Names read by some node (or its subgraphs) or listed as graph outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= _consumed(sub)
+    return names
+
+
+def _attributes(node: onnx.NodeProto, opset: int) -> tuple[int, dict]:
+    """(schema version, attributes with the schema defaults at this opset filled in)."""
+    key = (node.op_type, opset)
+    if key not in _SCHEMA_DEFAULTS:
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except onnx.defs.SchemaError:
+            raise UnsupportedModel(f"{node.op_type} node {node.name!r}: not an ONNX op at "
+                                   f"opset {opset}") from None
+        defaults = {}
+        for name, attr in schema.attributes.items():
+            if attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+                defaults[name] = _decode(helper.get_attribute_value(attr.default_value))
+        _SCHEMA_DEFAULTS[key] = (schema.since_version, defaults)
+    since, defaults = _SCHEMA_DEFAULTS[key]
+    values = dict(defaults)
+    for attr in node.attribute:
+        values[attr.name] = _decode(helper.get_attribute_value(attr))
+    return since, values
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+def _build(spec: Spec) -> Callable:
+    node = spec.node
+    where = f"{node.op_type} node {node.name!r}"
+    if node.op_type in _NO_IMPL:
+        raise UnsupportedModel(f"{where}: {_NO_IMPL[node.op_type]}, not supported")
+    builder = OPS.get(node.op_type)
+    if builder is None:
+        raise UnsupportedModel(f"{where}: op {node.op_type} has no torch implementation")
+    try:
+        return builder(spec)
+    except Unsupported as exc:
+        raise UnsupportedModel(f"{where}: {exc}") from None
+
+
+def _can_fold(node: onnx.NodeProto, fn: Callable, foldable: set[str]) -> bool:
+    """Constant nodes and pure functions of constant shape values run once, at construction."""
+    if getattr(fn, "wants_run", False) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for a in node.attribute):
+        return False
+    return all(not name or name in foldable for name in node.input) and \
+        node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike",
+                             "RandomUniformLike", "Multinomial", "Dropout")
+
+
+def _plan_frees(prog: _Program) -> None:
+    """Free every produced value after its last reader (graph outputs are kept)."""
+    keep = set(prog.outputs) | {s for s, _, _ in prog.sources} | {_NONE}
+    last: dict[int, int] = {}
+    for i, (_, _, ins, outs, _, _) in enumerate(prog.steps):
+        for slot in outs:
+            last.setdefault(slot, i)
+        for slot in ins:
+            last[slot] = i
+    for slot in prog.inputs:
+        last.setdefault(slot, -1)
+    frees: list[list[int]] = [[] for _ in prog.steps]
+    for slot, i in last.items():
+        if slot not in keep and i >= 0:
+            frees[i].append(slot)
+    for i, step in enumerate(prog.steps):
+        free = frees[i] + ([_NONE] if _NONE in step[3] else [])
+        prog.steps[i] = step[:4] + (tuple(free),) + step[5:]
