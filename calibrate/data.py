@@ -1,0 +1,468 @@
+"""Calibration / fine-tuning data for an ONNX model: image folders, .npz / .npy files, iterables.
+
+`open_data(source, input_specs(model))` gives a re-iterable `CalibrationData` whose `batches()`
+yield `Batch(inputs={name: array}, labels=int64 array or None)` in the model's dtypes.
+
+Sources:
+
+- a folder of images (.jpg .jpeg .png .bmp, any case, searched recursively; names starting with
+  "." are skipped). Images all in sub-folders -> labeled: the label is the index of the
+  top-level sub-folder in the sorted list of sub-folders holding images (torchvision
+  ImageFolder). Images all directly in the folder -> unlabeled. A mix is an error unless
+  `no_labels`. Images are decoded lazily, one batch at a time.
+- a .npz with one array per model input, named after it (a single-input model may instead use
+  any one array not called "labels"), plus an optional int "labels" array, one per sample.
+- a .npy with the inputs of a single-input model (memory-mapped, read a batch at a time).
+- in Python: an array (single input), a dict name -> array, or an iterable of dicts,
+  (dict, labels) pairs or `Batch`es. An array of one sample's shape (the model's shape without the
+  batch dim) is one sample. The iterable is read once, into memory.
+
+Arrays need the model's shape except for the batch (first) dim; they are cast to its dtype.
+
+Image preprocessing, for one 4-D float input with 1 (gray, Pillow "L") or 3 (RGB) channels:
+
+1. layout: NHWC when the input shape's last dim is 1 or 3 and dim 1 is not; else NCHW.
+2. resize: with `resize` = (h, w) (default: the model's H, W), the image is scaled, keeping its
+   aspect ratio, to just cover h x w: if h / height >= w / width the new size is
+   (h, max(w, int(width * h / height))), else (max(h, int(height * w / width)), w); Pillow
+   bilinear. A square `resize` N thus sets the shorter side to N exactly as torchvision's
+   Resize(N). `resize` must be at least the model's H x W.
+3. center-crop to the model's H x W: top = round((new height - H) / 2), left likewise.
+4. pixels / 255 -> [0, 1]; BGR order reverses the channels; then (x - mean) / std per channel.
+   mean / std are listed in the model's channel order, on the [0, 1] scale. Defaults: 3 channels
+   -> ImageNet mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) (reversed for BGR);
+   1 channel -> mean 0, std 1. (For a 0-255 model use mean 0, std 1/255 = 0.00392156862745098.)
+"""
+from __future__ import annotations
+
+import enum
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+from PIL import Image
+
+from onnxprune.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LABELS = "labels"
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # what np.load raises
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: static shape, batch first (the batch dim is ignored)."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class ChannelOrder(enum.Enum):
+    RGB = "rgb"
+    BGR = "bgr"
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images become tensors (see the module docstring for the exact rule)."""
+    resize: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_order: ChannelOrder = ChannelOrder.RGB
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+
+class _Source(Protocol):
+    def load(self, idx: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+class CalibrationData:
+    """Samples of a source, re-iterable in batches; the order is fixed by `seed`."""
+
+    def __init__(self, source: _Source, num_samples: int, labels: np.ndarray | None,
+                 description: str, indices: np.ndarray | None = None):
+        self._source = source
+        self._labels = labels
+        self._indices = np.arange(num_samples) if indices is None else indices
+        self.num_samples = len(self._indices)
+        self.has_labels = labels is not None
+        self.description = description
+
+    def split(self, holdout: int, seed: int = 0) -> tuple[CalibrationData, CalibrationData]:
+        """(the rest, `holdout` samples drawn with `seed`): disjoint views of the same source,
+        so that fine-tuning never sees the samples its fidelity is measured on."""
+        holdout = min(max(holdout, 0), self.num_samples)
+        order = np.random.default_rng(seed).permutation(self.num_samples)
+        held, rest = np.sort(order[:holdout]), np.sort(order[holdout:])
+        def view(idx, what):
+            return CalibrationData(self._source, self.num_samples, self._labels,
+                                   f"{self.description}, {what}", self._indices[idx])
+        return view(rest, f"{len(rest)} for training"), view(held, f"{holdout} held out")
+
+    def __repr__(self) -> str:
+        return f"CalibrationData({self.description})"
+
+    def batches(self, batch_size: int, max_batches: int | None = None, shuffle: bool = False,
+                seed: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Global batches 0, 1, ... of `batch_size` samples (the last may be partial), at most
+        `max_batches` of them; rank r of `world_size` gets batches r, r + world_size, ..."""
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if max_batches is not None and max_batches < 0:
+            raise UserError(f"max batches must be >= 0, got {max_batches}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"bad rank {rank} of world size {world_size}")
+        n = self.num_samples
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        order = self._indices[order]
+        starts = range(0, n, batch_size)[:max_batches][rank::world_size]
+        return (self._batch(order[s:s + batch_size]) for s in starts)
+
+    def _batch(self, idx: np.ndarray) -> Batch:
+        labels = None if self._labels is None else self._labels[idx]
+        return Batch(self._source.load(idx), labels)
+
+
+def open_data(source: Any, specs: list[InputSpec], options: ImageOptions = ImageOptions(),
+              no_labels: bool = False) -> CalibrationData:
+    """A folder / .npz / .npy path, an array, a dict or an iterable -> CalibrationData."""
+    if not specs:
+        raise UserError("the model has no inputs to feed data to")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder")
+        if path.is_dir():
+            return _open_folder(path, specs, options, no_labels)
+        if path.suffix.lower() == ".npz":
+            return _open_npz(path, specs, no_labels)
+        if path.suffix.lower() == ".npy":
+            return _open_npy(path, specs)
+        raise UserError(f"{path}: unsupported data file; expected a folder of images, "
+                        f"a .npz or a .npy")
+    if isinstance(source, (np.ndarray, Mapping, Batch)):
+        source = [source]
+    if not isinstance(source, Iterable):
+        raise UserError(f"cannot read data from a {type(source).__name__}")
+    return _open_iterable(source, specs, no_labels)
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Non-initializer graph inputs; a dynamic batch dim becomes 1, any other must be static."""
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in (i for i in model.graph.input if i.name not in inits):
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.shape.dim:
+            raise UserError(f"input {vi.name!r} has no tensor shape: pass --input-shape")
+        shape = []
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif axis == 0:
+                shape.append(1)
+            else:
+                raise UserError(f"input {vi.name!r} has a dynamic dimension "
+                                f"{d.dim_param or '?'!r} at axis {axis}: pass --input-shape "
+                                f"(e.g. 1x3x224x224)")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        specs.append(InputSpec(vi.name, tuple(shape), dtype))
+    return specs
+
+
+def parse_floats(text: str, n: int | None = None) -> tuple[float, ...]:
+    """'0.485,0.456,0.406' -> (0.485, 0.456, 0.406); `n` values if given."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{text!r}: expected comma-separated numbers like 0.485,0.456,0.406") \
+            from None
+    if not all(np.isfinite(values)):
+        raise UserError(f"{text!r}: numbers must be finite")
+    if n is not None and len(values) != n:
+        raise UserError(f"{text!r}: expected {n} numbers, got {len(values)}")
+    return values
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '256x224' -> (256, 224) (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) <= 0:
+        raise UserError(f"{text!r}: expected a size like 256 or 256x224 (height x width)")
+    return hw
+
+
+# ---------------------------------------------------------------- arrays (npz, npy, iterable)
+
+class _ArraySource:
+    def __init__(self, arrays: dict[str, np.ndarray], specs: list[InputSpec]):
+        self._arrays = arrays
+        self._dtypes = {s.name: s.dtype for s in specs}
+
+    def load(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.asarray(a[idx]).astype(self._dtypes[name], copy=False)
+                for name, a in self._arrays.items()}
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], origin: str) -> int:
+    """Shapes (batch dim free) and numeric dtypes; returns the common sample count."""
+    counts = set()
+    for spec in specs:
+        a = arrays[spec.name]
+        expected = "(N, " + ", ".join(map(str, spec.shape[1:])) + ")"
+        if a.ndim != len(spec.shape) or a.shape[1:] != spec.shape[1:]:
+            raise UserError(f"{origin}: array {spec.name!r} has shape {tuple(a.shape)}, "
+                            f"expected {expected}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise UserError(f"{origin}: array {spec.name!r} has non-numeric dtype {a.dtype}")
+        counts.add(a.shape[0])
+    if len(counts) > 1:
+        raise UserError(f"{origin}: the input arrays have different sample counts {sorted(counts)}")
+    return counts.pop()
+
+
+def _check_labels(labels: Any, n: int, origin: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{origin}: labels must be a 1-D integer array, got shape "
+                        f"{labels.shape} dtype {labels.dtype}")
+    if len(labels) != n:
+        raise UserError(f"{origin}: {len(labels)} labels for {n} samples")
+    return labels.astype(np.int64)
+
+
+def _arrays_data(arrays: dict[str, np.ndarray], labels: Any, specs: list[InputSpec],
+                 origin: str, what: str) -> CalibrationData:
+    n = _check_arrays(arrays, specs, origin)
+    if n == 0:
+        raise UserError(f"{origin}: no samples")
+    if labels is not None:
+        labels = _check_labels(labels, n, origin)
+    tail = ", labeled" if labels is not None else ""
+    return CalibrationData(_ArraySource(arrays, specs), n, labels, f"{what} ({n} samples{tail})")
+
+
+def _npz_keys(keys: list[str], specs: list[InputSpec], path: Path) -> dict[str, str]:
+    """Model input name -> array name in the file."""
+    if all(s.name in keys for s in specs):
+        return {s.name: s.name for s in specs}
+    data = [k for k in keys if k != LABELS]
+    if len(specs) == 1 and len(data) == 1:
+        return {specs[0].name: data[0]}
+    missing = [s.name for s in specs if s.name not in keys]
+    raise UserError(f"{path}: no array named {', '.join(map(repr, missing))} (model inputs); "
+                    f"the file has {keys}")
+
+
+def _open_npz(path: Path, specs: list[InputSpec], no_labels: bool) -> CalibrationData:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            names = _npz_keys(keys, specs, path)
+            arrays = {name: z[key] for name, key in names.items()}
+            labels = z[LABELS] if LABELS in keys and not no_labels else None
+    except _READ_ERRORS as exc:
+        raise UserError(f"{path}: not a readable .npz of numeric arrays ({_first_line(exc)})") \
+            from None
+    return _arrays_data(arrays, labels, specs, str(path), path.name)
+
+
+def _open_npy(path: Path, specs: list[InputSpec]) -> CalibrationData:
+    if len(specs) != 1:
+        raise UserError(f"{path}: a .npy feeds one input, the model has {len(specs)} "
+                        f"({', '.join(s.name for s in specs)}); use a .npz")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Python objects" in str(exc):
+            raise UserError(f"{path}: holds pickled Python objects, not a numeric array "
+                            f"(pickle loading is disabled)") from None
+        raise UserError(f"{path}: not a readable .npy ({_first_line(exc)})") from None
+    except _READ_ERRORS as exc:
+        raise UserError(f"{path}: not a readable .npy ({_first_line(exc)})") from None
+    if not isinstance(array, np.ndarray):
+        raise UserError(f"{path}: is a .npz archive, not a .npy array")
+    return _arrays_data({specs[0].name: array}, None, specs, str(path), path.name)
+
+
+def _open_iterable(source: Iterable, specs: list[InputSpec], no_labels: bool) -> CalibrationData:
+    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
+    labels: list[np.ndarray] = []
+    for i, item in enumerate(source):
+        inputs, item_labels = _split_item(item, specs, f"data item {i}")
+        n = _check_arrays(inputs, specs, f"data item {i}")
+        if item_labels is not None and not no_labels:
+            labels.append(_check_labels(np.atleast_1d(item_labels), n, f"data item {i}"))
+        for name, a in inputs.items():
+            parts[name].append(a)
+        if labels and len(labels) != i + 1:
+            raise UserError(f"data item {i}: some items have labels and some do not")
+    if not parts[specs[0].name]:
+        raise UserError("the data iterable is empty")
+    arrays = {name: np.concatenate(p) for name, p in parts.items()}
+    return _arrays_data(arrays, np.concatenate(labels) if labels else None, specs,
+                        "data", "iterable")
+
+
+def _split_item(item: Any, specs: list[InputSpec], origin: str) -> tuple[dict, Any]:
+    """One iterable item -> ({input name: array with a batch dim}, labels or None)."""
+    labels = None
+    if isinstance(item, Batch):
+        item, labels = item.inputs, item.labels
+    elif isinstance(item, tuple | list) and len(item) == 2:
+        item, labels = item
+    if isinstance(item, np.ndarray) and len(specs) == 1:
+        item = {specs[0].name: item}
+    if not isinstance(item, Mapping):
+        raise UserError(f"{origin}: expected a dict of input arrays or a (dict, labels) pair, "
+                        f"got {type(item).__name__}")
+    if len(specs) == 1 and len(item) == 1:
+        item = {specs[0].name: next(iter(item.values()))}
+    missing = [s.name for s in specs if s.name not in item]
+    if missing:
+        raise UserError(f"{origin}: no array for input(s) {missing}; it has {list(item)}")
+    inputs = {}
+    for s in specs:
+        a = np.asarray(item[s.name])
+        inputs[s.name] = a[None] if a.shape == s.shape[1:] else a  # one sample
+    return inputs, labels
+
+
+# ---------------------------------------------------------------- image folders
+
+@dataclass(frozen=True)
+class _ImagePrep:
+    """Everything needed to turn one image file into one sample."""
+    name: str
+    height: int
+    width: int
+    gray: bool
+    nhwc: bool
+    bgr: bool
+    resize: tuple[int, int]
+    mean: np.ndarray
+    std: np.ndarray
+    dtype: np.dtype
+
+
+class _ImageSource:
+    def __init__(self, paths: list[Path], prep: _ImagePrep):
+        self._paths = paths
+        self._prep = prep
+
+    def load(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {self._prep.name: np.stack([_read_image(self._paths[i], self._prep) for i in idx])}
+
+
+def _image_prep(specs: list[InputSpec], options: ImageOptions) -> _ImagePrep:
+    if len(specs) != 1:
+        raise UserError(f"an image folder feeds one input, the model has {len(specs)} "
+                        f"({', '.join(s.name for s in specs)}); use a .npz")
+    spec = specs[0]
+    shape = spec.shape
+    if len(shape) != 4:
+        raise UserError(f"input {spec.name!r} has shape {shape}: images need a 4-D input "
+                        f"(N, C, H, W) or (N, H, W, C)")
+    nhwc = shape[3] in (1, 3) and shape[1] not in (1, 3)
+    c, h, w = (shape[3], shape[1], shape[2]) if nhwc else shape[1:]
+    if c not in (1, 3):
+        raise UserError(f"input {spec.name!r} has shape {shape}, {c} channels: images give "
+                        f"1 (gray) or 3 (color)")
+    if not np.issubdtype(spec.dtype, np.floating):
+        raise UserError(f"input {spec.name!r} has dtype {spec.dtype}: images feed float "
+                        f"inputs; pass a .npy / .npz instead")
+    bgr = options.channel_order is ChannelOrder.BGR
+    mean = options.mean or ((IMAGENET_MEAN[::-1] if bgr else IMAGENET_MEAN) if c == 3 else (0.0,))
+    std = options.std or ((IMAGENET_STD[::-1] if bgr else IMAGENET_STD) if c == 3 else (1.0,))
+    for what, values in (("mean", mean), ("std", std)):
+        if len(values) != c:
+            raise UserError(f"--{what} has {len(values)} values, the model's images have "
+                            f"{c} channel(s)")
+    if min(std) <= 0:
+        raise UserError(f"--std values must be positive, got {std}")
+    resize = options.resize or (h, w)
+    if resize[0] < h or resize[1] < w:
+        raise UserError(f"--resize {resize[0]}x{resize[1]} is smaller than the model's input "
+                        f"{h}x{w}")
+    return _ImagePrep(spec.name, h, w, c == 1, nhwc, bgr, tuple(resize),
+                      np.asarray(mean, np.float32), np.asarray(std, np.float32), spec.dtype)
+
+
+def _read_image(path: Path, prep: _ImagePrep) -> np.ndarray:
+    """Decode, resize to cover `prep.resize`, center-crop, normalise, lay out (module doc)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if prep.gray else "RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read image ({_first_line(exc)})") from None
+    (rh, rw), (w0, h0) = prep.resize, im.size
+    if rh / h0 >= rw / w0:  # the height binds (int() truncates as torchvision's Resize)
+        nh, nw = rh, max(rw, int(w0 * rh / h0))
+    else:
+        nh, nw = max(rh, int(h0 * rw / w0)), rw
+    if (nw, nh) != im.size:
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    top, left = round((nh - prep.height) / 2), round((nw - prep.width) / 2)
+    im = im.crop((left, top, left + prep.width, top + prep.height))
+    x = np.asarray(im, dtype=np.float32).reshape(prep.height, prep.width, -1) / 255.0
+    if prep.bgr:
+        x = x[:, :, ::-1]
+    x = (x - prep.mean) / prep.std
+    return np.ascontiguousarray(x if prep.nhwc else x.transpose(2, 0, 1), dtype=prep.dtype)
+
+
+def _find_images(root: Path) -> list[Path]:
+    """Image files under `root`, sorted, recursively; hidden names skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder, f) for f in sorted(files)
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return found
+
+
+def _open_folder(root: Path, specs: list[InputSpec], options: ImageOptions,
+                 no_labels: bool) -> CalibrationData:
+    prep = _image_prep(specs, options)
+    paths = _find_images(root)
+    if not paths:
+        raise UserError(f"{root}: no images (.jpg .jpeg .png .bmp) in this folder")
+    tops = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None
+            for p in paths]
+    in_root = tops.count(None)
+    labels = None
+    if no_labels or in_root == len(paths):
+        tail = "labels ignored" if in_root < len(paths) else "unlabeled"
+    elif in_root:
+        raise UserError(f"{root}: {in_root} images sit in the folder itself and "
+                        f"{len(paths) - in_root} in sub-folders: put all in class sub-folders, "
+                        f"or ignore labels (--no-labels)")
+    else:
+        classes = sorted(set(tops))
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[t] for t in tops], dtype=np.int64)
+        tail = f"{len(classes)} classes"
+    desc = f"folder {root}/ ({len(paths)} images, {tail})"
+    return CalibrationData(_ImageSource(paths, prep), len(paths), labels, desc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
