@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .config import PruneConfig
+from .config import Criterion, PruneConfig
 from .cost import CostModel
+from .errors import UserError
 from .graph import load
 from .groups import LayerGroup, layer_groups
 from .importance import data_free_scores
 from .normalize import normalize
-from .planner import Plan, plan_pruning
+from .planner import Plan, plan_pruning, plan_uniform_rate
 from .surgery import Slice, apply_plan
 from .units import Channels, find_channels
 from .verify import Verdict, verify
@@ -38,6 +39,8 @@ class PruneResult:
     scores: np.ndarray
     verdict: Verdict
     timings: dict[str, float] = field(default_factory=dict)
+    calibration: object | None = None   # calibrate.scoring.CalibrationResult for data criteria
+    recovery: object | None = None      # calibrate.recover.Recovery after fine-tuning
 
     @property
     def error(self) -> float:
@@ -59,17 +62,73 @@ def analyze(model: onnx.ModelProto | str | os.PathLike,
     return Analysis(normalised, channels, groups, costs, time.perf_counter() - start)
 
 
+def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
+    """`data` (a folder of images, an .npz / .npy path, an iterable of input dicts or
+    (dict, labels) pairs, or a calibrate.data.CalibrationData) opened for the analysed model."""
+    what = ("fine-tuning" if config.finetune is not None
+            else f"--criterion {config.criterion.value}")
+    if data is None:
+        raise UserError(f"{what} needs data (--data)")
+    try:
+        from calibrate.data import CalibrationData, input_specs, open_data
+    except ImportError as exc:
+        raise UserError(f"{what} needs torch ({exc}): pip install 'onnxprune[torch]'") from None
+    if isinstance(data, CalibrationData):
+        return data
+    options = config.calibration.image
+    return open_data(data, input_specs(analysis.model),
+                     **({"options": options} if options is not None else {}),
+                     no_labels=config.calibration.no_labels)
+
+
+def _data_scores(analysis: Analysis, config: PruneConfig, data):
+    """Fisher / HRank / Taylor on `data`, computed in torch by the calibrate package."""
+    data = open_calibration_data(analysis, config, data)
+    from calibrate.scoring import data_scores
+
+    return data_scores(analysis.channels, config.criterion, data, config.calibration,
+                       config.seed)
+
+
+def _plan(analysis: Analysis, config: PruneConfig, scores: np.ndarray) -> Plan:
+    args = (analysis.channels, analysis.groups, analysis.costs, scores, config.target)
+    if config.criterion is Criterion.HRANK:  # HRank's per-layer rates (planner docstring)
+        return plan_uniform_rate(*args, config.round_to)
+    return plan_pruning(*args, config.normalize, config.round_to)
+
+
 def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
-          scores: np.ndarray | None = None) -> PruneResult:
-    """Analyse, score, plan, slice and verify; raises UserError / VerificationError."""
+          scores: np.ndarray | None = None, data=None) -> PruneResult:
+    """Analyse, score, plan, slice and verify; raises UserError / VerificationError.
+
+    Data criteria and fine-tuning (`config.finetune`) read `data`: see open_calibration_data."""
+    if config.finetune is not None:
+        try:
+            from calibrate.recover import prune_with_recovery
+        except ImportError as exc:
+            raise UserError(f"fine-tuning needs torch ({exc}): pip install 'onnxprune[torch]'"
+                            ) from None
+        if data is None:
+            raise UserError("fine-tuning needs data (--data)")
+        return prune_with_recovery(model, config, data)
     timings = {}
     analysis = analyze(model, config.input_shapes)
     timings["analyze"] = analysis.seconds
-    tick = time.perf_counter()
-    if scores is None:
+    if config.uses_latency:  # per-layer latency table (cached): Costs.latency exists from here
+        from .latency import attach
+
+        tick = time.perf_counter()
+        attach(analysis, config.latency, config.seed)
+        timings["latency_table"] = time.perf_counter() - tick
+    calibration = None
+    if scores is None and config.criterion.needs_data:
+        calibration = _data_scores(analysis, config, data)
+        scores = calibration.scores
+        timings["calibrate"] = calibration.seconds
+    elif scores is None:
         scores = data_free_scores(analysis.channels, config.criterion, config.seed)
-    plan = plan_pruning(analysis.channels, analysis.groups, analysis.costs, scores,
-                        config.target, config.normalize, config.round_to)
+    tick = time.perf_counter()
+    plan = _plan(analysis, config, scores)
     timings["plan"] = time.perf_counter() - tick
     tick = time.perf_counter()
     pruned, slices = apply_plan(analysis.channels, plan.removed)
@@ -77,7 +136,7 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
     tick = time.perf_counter()
     verdict = verify(analysis.model, pruned, slices, runs=config.verify_runs, seed=config.seed)
     timings["verify"] = time.perf_counter() - tick
-    return PruneResult(pruned, analysis, plan, slices, scores, verdict, timings)
+    return PruneResult(pruned, analysis, plan, slices, scores, verdict, timings, calibration)
 
 
 def random_plan(analysis: Analysis, rng: np.random.Generator) -> np.ndarray:

@@ -2,6 +2,8 @@
 
     onnxprune MODEL --target-mem 0.5 [-o OUT] [--criterion l1] [--report r.json] ...
     onnxprune analyze MODEL [--input-shape 1x3x224x224]
+    onnxprune bench A.onnx [B.onnx ...] [--backend ort-cpu] [--batch 1,8] [--json]
+    onnxprune sweep MODEL --targets 0.9,0.7,0.5 [--target-kind mem] [--out DIR]
 
 A user error prints one line on stderr and exits 2; nothing is written. An internal failure
 (including a pruned model that fails the oracle) exits 1, also without writing anything.
@@ -9,15 +11,23 @@ A user error prints one line on stderr and exits 2; nothing is written. An inter
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
 from pathlib import Path
 
-from .config import Criterion, Normalize, PruneConfig, Target, TargetKind
+from .cli_data import add_data, add_finetune, calibration, criterion, finetune
+from .config import (
+    Criterion,
+    Normalize,
+    PruneConfig,
+    Target,
+    TargetKind,
+)
 from .errors import UserError, VerificationError
 
-DATA_FREE = [c.value for c in Criterion if not c.needs_data]
+CRITERIA = [c.value for c in Criterion]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,23 +58,75 @@ def prune_parser() -> argparse.ArgumentParser:
     targets = p.add_mutually_exclusive_group(required=True)
     what = {TargetKind.MEM: "feature-map memory M (elements of every Conv / Gemm / MatMul "
                             "output, batch 1)",
-            TargetKind.FLOPS: "multiply-accumulates", TargetKind.PARAMS: "parameters"}
+            TargetKind.FLOPS: "multiply-accumulates", TargetKind.PARAMS: "parameters",
+            TargetKind.LATENCY: "the latency measured on --bench BACKEND (default ort-cpu)"}
     for kind in TargetKind:
         targets.add_argument(f"--target-{kind.value}", type=_fraction, metavar="F",
                              help=f"keep {what[kind]} <= F x the original's, 0 < F < 1")
     p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx)")
-    p.add_argument("--criterion", choices=DATA_FREE, default="l1",
-                   help="channel importance (data-free): l1, l2 or random (default l1)")
-    p.add_argument("--normalize", choices=[n.value for n in Normalize], default="mem",
-                   help="divide each unit's importance by the memory (default) or MACs it "
-                        "removes, or by nothing")
+    p.add_argument("--criterion", choices=CRITERIA, default=None,
+                   help="channel importance: fisher, hrank, taylor (need --data) or the "
+                        "data-free l1, l2, random (default: fisher with --data, else l1)")
+    p.add_argument("--normalize", choices=[n.value for n in Normalize], default=None,
+                   help="divide each unit's importance by the memory (default), MACs or "
+                        "latency (default with --target-latency) it removes, or by nothing")
     p.add_argument("--round-to", type=int, default=8, metavar="N",
                    help="keep each layer group a multiple of N channels where it was one "
                         "(default 8; 1 turns rounding off)")
     _add_shape(p)
     p.add_argument("--report", metavar="JSON", help="write a machine-readable record")
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and inputs")
+    p.add_argument("--plots", metavar="DIR", help="write groups.png, costs.png and summary.md "
+                   "to DIR (created if missing; needs matplotlib)")
+    _add_bench(p)
+    add_data(p)
+    add_finetune(p)
     return p
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from .bench.backends import BackendKind
+
+    b = p.add_argument_group("latency")
+    b.add_argument("--bench", metavar="BACKEND", choices=[k.value for k in BackendKind],
+                   help="measure latency before and after, interleaved, on ort-cpu, ort-cuda, "
+                        "ort-trt or tensorrt; also the backend of --target-latency (ort-cpu)")
+    b.add_argument("--bench-runs", type=int, default=20, metavar="N",
+                   help="timed interleaved runs per model (default 20)")
+    b.add_argument("--bench-threads", type=int, default=None, metavar="N",
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 is "
+                        "steadier on a busy machine)")
+
+
+def _latency(args, needed: bool):
+    """The LatencyConfig when latency is measured or targeted, its backend checked (an
+    unavailable one is a one-line error before any work); else None."""
+    if not (needed or args.bench):
+        return None
+    from .bench.backends import BackendKind
+    from .latency import LatencyConfig
+
+    for flag, value in (("--bench-runs", args.bench_runs), ("--bench-threads", args.bench_threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
+    config = LatencyConfig(backend=BackendKind(args.bench or BackendKind.ORT_CPU.value),
+                           runs=args.bench_runs, table_runs=min(args.bench_runs, 10),
+                           threads=args.bench_threads)
+    config.check()
+    return config
+
+
+def _plots_dir(args) -> Path | None:
+    if not args.plots:
+        return None
+    folder = Path(args.plots)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: --plots needs a folder")
+    if not folder.parent.resolve().is_dir():
+        raise UserError(f"{folder.parent}: plots folder's parent does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plots needs matplotlib: pip install matplotlib")
+    return folder
 
 
 def analyze_parser() -> argparse.ArgumentParser:
@@ -88,13 +150,20 @@ def _output_path(args) -> Path:
     return out
 
 
-def _config(args, shapes) -> PruneConfig:
+def _normalize(args, kind: TargetKind) -> Normalize:
+    if args.normalize is not None:
+        return Normalize(args.normalize)
+    return Normalize.LATENCY if kind is TargetKind.LATENCY else Normalize.MEM
+
+
+def _config(args, shapes, latency=None) -> PruneConfig:
     kind = next(k for k in TargetKind if getattr(args, f"target_{k.value}") is not None)
     if args.round_to < 1:
         raise UserError(f"--round-to {args.round_to}: must be >= 1")
     return PruneConfig(target=Target(kind, getattr(args, f"target_{kind.value}")),
-                       criterion=Criterion(args.criterion), normalize=Normalize(args.normalize),
-                       round_to=args.round_to, seed=args.seed, input_shapes=shapes)
+                       criterion=criterion(args), normalize=_normalize(args, kind),
+                       round_to=args.round_to, seed=args.seed, input_shapes=shapes,
+                       calibration=calibration(args), finetune=finetune(args), latency=latency)
 
 
 def _shapes(args, model) -> dict:
@@ -104,21 +173,33 @@ def _shapes(args, model) -> dict:
 
 
 def run_prune(argv: list[str]) -> int:
-    from .api import prune
     from .graph import load, save_atomic
+    from .latency.measure import prune_measured, summary_lines
     from .report import prune_record, prune_summary, write_json_atomic
 
     args = prune_parser().parse_args(argv)
     output = _output_path(args)
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise UserError(f"{args.report}: report folder does not exist")
+    plots = _plots_dir(args)
+    latency = _latency(args, args.target_latency is not None or args.normalize == "latency")
     model = load(args.model)
-    config = _config(args, _shapes(args, model))
-    result = prune(model, config)
+    config = _config(args, _shapes(args, model), latency)
+    if args.data and not os.path.exists(args.data):
+        raise UserError(f"{args.data}: no such file or folder")
+    result, extra = prune_measured(model, config, data=args.data, bench=bool(args.bench))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
+        return 0
     save_atomic(result.model, output)
+    record = {**prune_record(result, config, args.model, str(output)), **extra}
     if args.report:
-        write_json_atomic(prune_record(result, config, args.model, str(output)), args.report)
-    print(prune_summary(result, str(output)))
+        write_json_atomic(record, args.report)
+    if plots is not None:
+        from .plots import write_all
+
+        plots.mkdir(exist_ok=True)
+        write_all(record, plots)
+    print("\n".join(filter(None, [prune_summary(result, str(output)), summary_lines(extra)])))
     return 0
 
 
@@ -141,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "analyze":
             return run_analyze(argv[1:])
+        if argv and argv[0] == "bench":
+            from .bench.cli import run_bench
+
+            return run_bench(argv[1:])
+        if argv and argv[0] == "sweep":
+            from .sweep import run_sweep
+
+            return run_sweep(argv[1:])
         return run_prune(argv[1:] if argv and argv[0] == "prune" else argv)
     except UserError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)

@@ -7,6 +7,8 @@
   MatMul), so a sliced W gives the pruned MACs directly.
 - params: elements of the floating-point initializers; weight bytes: bytes of all of them.
 - activations: elements of every tensor a node outputs.
+- latency: predicted ms, once a latency term (onnxprune.latency: per-layer tables timed on a
+  backend) is attached as `CostModel.latency`; None otherwise.
 
 M and activations are linear in the kept counts; MACs and params are products of the kept
 counts of each initializer's axes, evaluated in one vectorised step.
@@ -32,9 +34,11 @@ class Costs:
     params: float
     weight_bytes: float
     activations: float
+    latency: float | None = None
 
     def as_dict(self) -> dict:
-        return {k: int(v) for k, v in asdict(self).items()}
+        counts = {k: int(v) for k, v in asdict(self).items() if k != "latency"}
+        return counts if self.latency is None else {**counts, "latency": self.latency}
 
 
 def _positions(node: onnx.NodeProto, shapes) -> float:
@@ -50,6 +54,8 @@ def _positions(node: onnx.NodeProto, shapes) -> float:
 
 
 class CostModel:
+    latency = None  # onnxprune.latency.LatencyTerm once attached: total(kept), per_space()
+
     def __init__(self, channels: Channels):
         model = channels.model
         shapes = static_shapes(model)
@@ -110,7 +116,8 @@ class CostModel:
                      macs=float(self.mac_factor @ numel),
                      params=float(numel[self.is_float].sum()),
                      weight_bytes=float(self.itemsize @ numel),
-                     activations=self.act_fixed + float(self.act_w @ kept))
+                     activations=self.act_fixed + float(self.act_w @ kept),
+                     latency=None if self.latency is None else self.latency.total(kept))
 
     def per_node_mem(self) -> np.ndarray:
         """ΔM of each channel node: the elements its channel holds in compute outputs."""
@@ -124,3 +131,9 @@ class CostModel:
         np.add.at(per_space, self.axis_space[rows, axes],
                   self.mac_factor[rows] * full[rows] / self.dims[rows, axes])
         return per_space[self.node_space]
+
+    def per_node_latency(self) -> np.ndarray:
+        """Predicted ms each channel node removes (needs an attached latency term)."""
+        if self.latency is None:
+            raise ValueError("no latency term attached (onnxprune.latency.attach)")
+        return self.latency.per_space()[self.node_space]

@@ -1,10 +1,15 @@
 """Global greedy planner: remove the unit with the lowest normalised score until the target.
 
 Normalised score (Group Fisher, Liu et al. 2021): s_u = I_u / ΔM_u (memory), I_u / ΔMACs_u
-(flops) or I_u (none). Rounding: a layer group whose channel count is a multiple of
+(flops), I_u / Δlatency_u (latency, HALP-style: onnxprune.latency) or I_u (none). Every
+target and normaliser is a cost of the CostModel (latency once a latency term is attached).
+Rounding: a layer group whose channel count is a multiple of
 `round_to` loses whole chunks of units, each chunk holding a multiple of `round_to` channels;
 the chunk's score is Σ I / Σ norm over its units. A layer group never drops below one rounding
 unit (`round_to` channels), so no tensor ever loses all its channels.
+
+HRank (Lin et al. 2020) prunes fixed per-layer rates; with one global target the faithful
+reading is `plan_uniform_rate`: the same share of every layer group, the smallest that meets it.
 """
 from __future__ import annotations
 
@@ -34,8 +39,11 @@ class Plan:
 
 
 def cost_value(costs: Costs, kind: TargetKind) -> float:
-    return {TargetKind.MEM: costs.mem, TargetKind.FLOPS: costs.macs,
-            TargetKind.PARAMS: costs.params}[kind]
+    value = {TargetKind.MEM: costs.mem, TargetKind.FLOPS: costs.macs,
+             TargetKind.PARAMS: costs.params, TargetKind.LATENCY: costs.latency}[kind]
+    if value is None:
+        raise ValueError(f"no {kind.value} cost: attach a latency term (onnxprune.latency)")
+    return value
 
 
 @dataclass
@@ -62,7 +70,7 @@ def _chunks(group: LayerGroup, blocked: np.ndarray, unit_score: np.ndarray, roun
     return _Chunks(group, order, size, max(removable // size, 0))
 
 
-class _Removal:
+class Removal:
     """Removes units one chunk at a time, keeping kept-channel counts per space."""
 
     def __init__(self, channels: Channels, costs: CostModel):
@@ -80,27 +88,28 @@ class _Removal:
         self.removed[units] = True
 
 
-def _normaliser(channels: Channels, costs: CostModel, normalize: Normalize) -> np.ndarray:
+def unit_normaliser(channels: Channels, costs: CostModel, normalize: Normalize) -> np.ndarray:
     if normalize is Normalize.NONE:
         return np.ones(channels.n_components)
-    per_node = costs.per_node_mem() if normalize is Normalize.MEM else costs.per_node_macs()
+    per_node = {Normalize.MEM: costs.per_node_mem, Normalize.FLOPS: costs.per_node_macs,
+                Normalize.LATENCY: costs.per_node_latency}[normalize]()
     return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
 
 
 def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
                  scores: np.ndarray, target: Target, normalize: Normalize, round_to: int) -> Plan:
     """Greedy over layer-group chunks, cheapest normalised score first (module docstring)."""
-    norm = np.maximum(_normaliser(channels, costs, normalize), 1e-12)
+    norm = np.maximum(unit_normaliser(channels, costs, normalize), 1e-12)
     unit_score = scores / norm
     chunks = [_chunks(g, channels.blocked, unit_score, round_to) for g in groups if not g.blocked]
     heap = [(_chunk_score(c, scores, norm), i) for i, c in enumerate(chunks) if c.count > 0]
     heapq.heapify(heap)
-    removal = _Removal(channels, costs)
+    removal = Removal(channels, costs)
     before = costs.costs()
     goal = target.fraction * cost_value(before, target.kind)
     while cost_value(costs.costs(removal.kept), target.kind) > goal:
         if not heap:
-            mem = _normaliser(channels, costs, Normalize.MEM)  # every chunk is gone: the floor
+            mem = unit_normaliser(channels, costs, Normalize.MEM)  # every chunk is gone: the floor
             raise TargetUnreachable(unreachable_message(
                 before, costs.costs(removal.kept), target, groups, mem))
         _, i = heapq.heappop(heap)
@@ -108,6 +117,35 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
         chunks[i].taken += 1
         if chunks[i].taken < chunks[i].count:
             heapq.heappush(heap, (_chunk_score(chunks[i], scores, norm), i))
+    return Plan(removal.removed, removal.kept, before, costs.costs(removal.kept))
+
+
+def plan_uniform_rate(channels: Channels, groups: list[LayerGroup], costs: CostModel,
+                      scores: np.ndarray, target: Target, round_to: int) -> Plan:
+    """HRank's allocation: every prunable layer group removes the same share r of its removable
+    chunks, lowest scores first; r is the smallest share that meets the target (bisection)."""
+    chunks = [_chunks(g, channels.blocked, scores, round_to) for g in groups if not g.blocked]
+    before = costs.costs()
+    goal = target.fraction * cost_value(before, target.kind)
+
+    def removal_at(rate: float) -> Removal:
+        removal = Removal(channels, costs)
+        for c in chunks:
+            removal.remove(c.order[:math.floor(rate * c.count + 1e-9) * c.size])
+        return removal
+
+    def meets(removal: Removal) -> bool:
+        return cost_value(costs.costs(removal.kept), target.kind) <= goal
+
+    if not meets(removal_at(1.0)):
+        mem = unit_normaliser(channels, costs, Normalize.MEM)
+        raise TargetUnreachable(unreachable_message(
+            before, costs.costs(removal_at(1.0).kept), target, groups, mem))
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (low, mid) if meets(removal_at(mid)) else (mid, high)
+    removal = removal_at(high)
     return Plan(removal.removed, removal.kept, before, costs.costs(removal.kept))
 
 
@@ -132,7 +170,7 @@ def unreachable_message(before: Costs, floor: Costs, target: Target, groups,
 def reachable_minimum(channels: Channels, groups: list[LayerGroup], costs: CostModel,
                       round_to: int) -> Costs:
     """Costs once every prunable chunk of every layer group is gone."""
-    removal = _Removal(channels, costs)
+    removal = Removal(channels, costs)
     zero = np.zeros(channels.n_components)
     for group in groups:
         if group.blocked:

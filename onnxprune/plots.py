@@ -21,8 +21,9 @@ from .errors import UserError
 from .graph import default_file_mode
 
 COSTS = (("mem", "M (feature-map elements)"), ("macs", "MACs"), ("params", "params"),
-         ("weight_bytes", "weight bytes"), ("activations", "activation elements"))
-TARGET_COST = {"mem": "mem", "flops": "macs", "params": "params"}
+         ("weight_bytes", "weight bytes"), ("activations", "activation elements"),
+         ("latency", "latency ms (predicted)"))
+TARGET_COST = {"mem": "mem", "flops": "macs", "params": "params", "latency": "latency"}
 TOP_GROUPS = 10
 
 
@@ -59,7 +60,13 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
                          lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return _write_atomic(path, Path(path).suffix or ".txt", lambda tmp: Path(tmp).write_text(text))
+
+
 def _num(x: float) -> str:
+    if isinstance(x, float) and abs(x) < 1e3:  # milliseconds; counts are ints
+        return f"{x:.3g}"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f}{unit}"
@@ -134,7 +141,8 @@ def sweep_plot(points: Sequence[dict], path: str | os.PathLike) -> Path:
     mem = [p["mem"] for p in pts]
     ax.plot(mem, [p["latency_ms"] for p in pts], "o-", color="#1f77b4", label="latency")
     for p in pts:
-        ax.annotate(f"target {p['target']:g}, MACs {p['macs']:.3g}", (p["mem"], p["latency_ms"]),
+        label = "original" if p["target"] == 1.0 else f"target {p['target']:g}"
+        ax.annotate(f"{label}, MACs {p['macs']:.3g}", (p["mem"], p["latency_ms"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
     fraction = all(0 < m <= 1.0 for m in mem)
     ax.set(xlabel="feature-map memory M" + (" (fraction of the original)" if fraction else ""),
@@ -208,6 +216,13 @@ def _latency_lines(latency: Any) -> list[str]:
                  "interleaved runs."), ""]
         return head + _table(("model", "batch", "median ms", "p90 ms", "samples/s", "speed-up"),
                              rows, "lrrrrr")
+    if isinstance(latency, dict) and isinstance(latency.get("before"), dict):
+        rows = [(name, f"{latency[key]['median_ms']:.3f}", f"{latency[key]['p90_ms']:.3f}")
+                for key, name in (("before", "original"), ("after", "pruned"))]
+        return ([(f"Backend {latency.get('backend', '?')}, batch {latency.get('batch', 1)}, "
+                 f"{latency.get('runs', '?')} interleaved runs; speed-up "
+                 f"**{latency['speedup']:.2f}x**."), ""]
+                + _table(("model", "median ms", "p90 ms"), rows, "lrr"))
     if isinstance(latency, dict):
         return _table(("", "value"), [(k, _fmt(v)) for k, v in latency.items()], "lr")
     return [str(latency)]
@@ -220,7 +235,8 @@ def _fmt(v: Any) -> str:
 def markdown_summary(record: dict) -> str:
     opts = record.get("options", {})
     target = opts.get("target", {})
-    cost = {"mem": "M", "flops": "MACs", "params": "params"}.get(target.get("kind"), "?")
+    cost = {"mem": "M", "flops": "MACs", "params": "params",
+            "latency": "latency"}.get(target.get("kind"), "?")
     lines = ["# onnxprune summary", "",
              (f"`{record.get('input', '?')}` -> `{record.get('output', '?')}` "
               f"(onnxprune {record.get('onnxprune', '?')})"), "",
@@ -237,7 +253,20 @@ def markdown_summary(record: dict) -> str:
                   + f"; total {sum(timings.values()):.2f} s."]
     if record.get("latency") is not None:
         lines += ["", "## Latency", ""] + _latency_lines(record["latency"])
+    if record.get("latency_target") is not None:
+        lines += ["", "## Latency target", ""] + _latency_target_lines(record["latency_target"])
     return "\n".join(lines) + "\n"
+
+
+def _latency_target_lines(t: dict) -> list[str]:
+    verdict = "**met**" if t["met"] else "**missed**"
+    rows = [(i + 1, f"{a['planned']:.3f}", f"{a['predicted_ratio']:.3f}",
+             f"{a['measured_ratio']:.3f}", "yes" if i == t["chosen"] else "")
+            for i, a in enumerate(t["attempts"])]
+    head = (f"Target latency {t['fraction']:g} x the original on {t['backend']}: {verdict} "
+            f"(predicted {t['predicted']['ratio']:.3f}, measured {t['measured']['ratio']:.3f}).")
+    return ([head, ""]
+            + _table(("plan", "planned", "predicted", "measured", "kept"), rows, "rrrrl"))
 
 
 def write_all(record: dict, folder: str | os.PathLike) -> dict[str, Path]:
@@ -246,5 +275,4 @@ def write_all(record: dict, folder: str | os.PathLike) -> dict[str, Path]:
     text = markdown_summary(record)
     return {"groups": groups_plot(record, folder / "groups.png"),
             "costs": costs_plot(record, folder / "costs.png"),
-            "summary": _write_atomic(folder / "summary.md", ".md",
-                                     lambda tmp: Path(tmp).write_text(text))}
+            "summary": write_text_atomic(folder / "summary.md", text)}

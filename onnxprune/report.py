@@ -18,7 +18,9 @@ _COST_NAMES = (("mem", "M (feature-map elements)"), ("macs", "MACs"), ("params",
                ("weight_bytes", "weight bytes"), ("activations", "activation elements"))
 
 
-def group_records(analysis, removed: np.ndarray | None = None) -> list[dict]:
+def group_records(analysis, removed: np.ndarray | None = None,
+                  scores: np.ndarray | None = None) -> list[dict]:
+    """One record per layer group; with `scores`, each unit's score (in `units` order)."""
     mem = np.bincount(analysis.channels.labels, weights=analysis.costs.per_node_mem(),
                       minlength=analysis.channels.n_components)
     records = []
@@ -30,6 +32,10 @@ def group_records(analysis, removed: np.ndarray | None = None) -> list[dict]:
             "units": len(g.units), "prunable": not g.blocked,
             "mem": int(mem[g.units].sum()), "tensors": list(g.tensors), "reasons": g.reasons,
         })
+        if scores is not None:
+            records[-1]["unit_scores"] = [float(x) for x in scores[g.units]]
+            if removed is not None:
+                records[-1]["removed_units"] = np.flatnonzero(removed[g.units]).tolist()
     return records
 
 
@@ -41,10 +47,18 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
                                "fraction": config.target.fraction},
                     "criterion": config.criterion.value, "normalize": config.normalize.value,
                     "round_to": config.round_to, "seed": config.seed,
+                    "calibration": {"batch_size": config.calibration.batch_size,
+                                    "max_batches": config.calibration.max_batches,
+                                    "no_labels": config.calibration.no_labels},
+                    "finetune": _finetune_options(config.finetune),
                     "input_shapes": {k: list(v) for k, v in config.input_shapes.items()}},
         "before": before, "after": after,
         "ratio": {k: (after[k] / before[k] if before[k] else 1.0) for k in before},
-        "groups": group_records(result.analysis, result.plan.removed),
+        "calibration": (result.calibration.as_dict() if result.calibration is not None
+                        else None),
+        "recovery": (result.recovery.as_dict() if getattr(result, "recovery", None) is not None
+                     else None),
+        "groups": group_records(result.analysis, result.plan.removed, result.scores),
         "slices": [s.as_dict() for s in result.slices],
         "verification": {"max_relative_error": result.error, "tolerance": TOLERANCE,
                          "precision": result.verdict.precision,
@@ -52,6 +66,12 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
                          "runs": config.verify_runs},
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
+
+
+def _finetune_options(ft) -> dict | None:
+    if ft is None:
+        return None
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in vars(ft).items()}
 
 
 def write_json_atomic(record: dict, path: str | os.PathLike) -> None:
@@ -83,13 +103,53 @@ def cost_table(before: Costs, after: Costs | None = None) -> str:
         else:
             a = getattr(after, field)
             lines.append(f"  {label:<22} {_num(b):>10} -> {_num(a):>10}  ({a / b if b else 1:.3f})")
+    if before.latency is not None:  # predicted by the per-layer latency table
+        b, a = before.latency, (after or before).latency
+        lines.append(f"  {'latency ms, predicted':<22} {b:>10.3f}"
+                     + (f" -> {a:>10.3f}  ({a / b if b else 1:.3f})" if after else ""))
     return "\n".join(lines)
+
+
+def _calibration_line(result) -> str:
+    cal = result.calibration
+    if cal is None:
+        return ""
+    return (f"  {cal.criterion.value}: {cal.samples} samples in {cal.batches} batches from "
+            f"{cal.data}; labels: {cal.labels}; {cal.mode}\n")
+
+
+def _recovery_lines(result) -> str:
+    """Fine-tuning and fidelity on held-out data (the oracle line is about the slicing)."""
+    rec = getattr(result, "recovery", None)
+    if rec is None:
+        return ""
+    ft = rec.finetune
+    head = f"  fine-tuned ({rec.schedule.value}): {ft.steps} steps, "
+    lines = [head + f"loss {ft.first_loss:.4f} -> {ft.last_loss:.4f}"]
+    if rec.gfp:
+        lines[0] += (f"; gfp removed {rec.gfp['units_removed']} units in "
+                     f"{rec.gfp['removals']} steps")
+    fid = rec.fidelity
+    if fid:
+        parts = [f"{fid['samples']} held-out samples"]
+        if "top1_agreement" in fid:
+            parts.append(f"top-1 agreement with the original {fid['top1_agreement']:.2%}")
+        if "accuracy_pruned" in fid:
+            parts.append(f"top-1 {fid['accuracy_original']:.2%} -> {fid['accuracy_pruned']:.2%}")
+        parts.append(f"max relative output error {fid['max_relative_error']:.3g}")
+        lines.append("  fidelity: " + ", ".join(parts))
+    else:
+        lines.append("  fidelity: no held-out samples (--holdout 0)")
+    return "\n".join(lines) + "\n"
 
 
 def prune_summary(result, output: str) -> str:
     total = sum(result.timings.values())
-    return (f"pruned -> {output}\n{cost_table(result.plan.before, result.plan.after)}\n"
-            f"  oracle: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
+    sliced = " of the slicing, before fine-tuning" if getattr(result, "recovery", None) else ""
+    return (f"pruned -> {output}\n{_calibration_line(result)}"
+            f"{cost_table(result.plan.before, result.plan.after)}\n"
+            f"{_recovery_lines(result)}"
+            f"  oracle{sliced}: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
             + ("" if result.verdict.precision == "float32" else
                f"; float32 rounding noise {result.verdict.float32_error:.2e}, decided in float64")
             + ")\n"

@@ -50,16 +50,25 @@ def reference_weights(original: onnx.ModelProto, slices):
 
 
 def relative_error(got_all, want_all) -> float:
-    """max over outputs of max |got - want| / max(1, max |want|)."""
+    """max over outputs of max |got - want| / max(1, max |want|). Non-finite values must sit at
+    the same places with the same values (NaN where NaN, +inf where +inf); else the error is
+    infinite — a NaN never passes for "equal"."""
     worst = 0.0
     for got, want in zip(got_all, want_all):
         if got.shape != want.shape:
             raise VerificationError(f"output shape {got.shape} differs from {want.shape}")
         if not want.size:
             continue
-        want = np.asarray(want, dtype=np.float64)
-        scale = max(1.0, float(np.max(np.abs(want))))
-        worst = max(worst, float(np.max(np.abs(np.asarray(got, np.float64) - want))) / scale)
+        want, got = np.asarray(want, dtype=np.float64), np.asarray(got, dtype=np.float64)
+        finite = np.isfinite(want)
+        same_nonfinite = np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(
+            got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+        if not same_nonfinite or not np.isfinite(got[finite]).all():
+            return float("inf")
+        if not finite.any():
+            continue
+        scale = max(1.0, float(np.max(np.abs(want[finite]))))
+        worst = max(worst, float(np.max(np.abs(got[finite] - want[finite]))) / scale)
     return worst
 
 

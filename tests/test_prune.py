@@ -21,7 +21,8 @@ def _config(kind=TargetKind.MEM, fraction=0.5, **kw):
 @pytest.mark.parametrize("criterion", [Criterion.L1, Criterion.L2, Criterion.RANDOM])
 def test_each_target_is_met_and_exact(kind, criterion):
     result = prune(small_resnet(width=32), _config(kind, 0.6, criterion=criterion, round_to=1))
-    field = {TargetKind.MEM: "mem", TargetKind.FLOPS: "macs", TargetKind.PARAMS: "params"}[kind]
+    field = {TargetKind.MEM: "mem", TargetKind.FLOPS: "macs", TargetKind.PARAMS: "params",
+             TargetKind.LATENCY: "latency"}[kind]
     assert getattr(result.plan.after, field) <= 0.6 * getattr(result.plan.before, field)
     assert result.error <= 1e-4
     inputs = [i.name for i in result.model.graph.input]

@@ -55,6 +55,7 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class BackendOptions:
     threads: int | None = None                      # onnxruntime intra-op threads
+    spinning: bool = True                           # onnxruntime workers spin while idle
     cache_dir: Path = field(default_factory=default_cache_dir)
 
 
@@ -114,7 +115,8 @@ class OrtBackend:
     def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> ort.InferenceSession:
         with warnings.catch_warnings():  # "provider not available": checked right below
             warnings.simplefilter("ignore")
-            session = make_session(model, self.options.threads, self._providers(fp16), quiet=True)
+            session = make_session(model, self.options.threads, self._providers(fp16), quiet=True,
+                                   spinning=self.options.spinning)
         active = session.get_providers()[0]
         if active != self.provider:
             raise BackendUnavailable(

@@ -1,0 +1,44 @@
+"""The calibration pass under torchrun: 2 gloo processes on the CPU score like 1 process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from tiny import small_resnet
+
+pytest.importorskip("torch")
+
+
+def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_two_processes_give_the_scores_of_one(tmp_path, labels):
+    onnx.save(small_resnet(width=8, size=12, batch=1), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    arrays = {"input": rng.standard_normal((40, 3, 12, 12)).astype(np.float32)}
+    if labels:
+        arrays["labels"] = rng.integers(0, 10, 40)
+    np.savez(tmp_path / "d.npz", **arrays)
+    common = ["m.onnx", "--target-mem", "0.7", "--data", "d.npz", "--batch-size", "8",
+              "--calib-batches", "0", "--round-to", "1"]
+    one = _run([sys.executable, "-m", "onnxprune", *common, "-o", "one.onnx",
+                "--report", "one.json"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "onnxprune", *common, "-o", "two.onnx",
+                "--report", "two.json"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rec1 = json.loads((tmp_path / "one.json").read_text())
+    rec2 = json.loads((tmp_path / "two.json").read_text())
+    assert rec2["calibration"]["processes"] == 2 and rec1["calibration"]["processes"] == 1
+    assert rec1["calibration"]["samples"] == rec2["calibration"]["samples"] == 40
+    for g1, g2 in zip(rec1["groups"], rec2["groups"]):
+        np.testing.assert_allclose(g2["unit_scores"], g1["unit_scores"], rtol=1e-5, atol=1e-12)
+    assert rec1["slices"] == rec2["slices"]
+    assert (tmp_path / "two.onnx").exists()

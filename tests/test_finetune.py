@@ -1,0 +1,147 @@
+"""Recovery: fine-tuning lowers the loss, distillation runs without labels, GFP removes units in
+Fisher order and stops at the target, and the written model is a valid, consistent ONNX."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from calibrate.data import input_specs, open_data
+from calibrate.distributed import world
+from calibrate.executor import OnnxModule
+from calibrate.gfp import GfpSchedule
+from onnxprune.api import analyze, prune
+from onnxprune.batch import make_batch_free
+from onnxprune.config import (
+    CalibrationConfig,
+    Criterion,
+    FinetuneConfig,
+    PruneConfig,
+    Schedule,
+    Target,
+    TargetKind,
+)
+from onnxprune.runtime import session
+
+N = 256
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def task():
+    buf = io.BytesIO()
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 8, 8),), buf, dynamo=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"],
+                      output_names=["y"])
+    model = onnx.load_from_string(buf.getvalue())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, 3, 8, 8)).astype(np.float32)
+    y = (x[:, 0].mean((1, 2)) > 0).astype(np.int64) + 2 * (x[:, 1].mean((1, 2)) > 0)
+    return model, x, y
+
+
+def _config(schedule=Schedule.ONESHOT, steps=60, criterion=Criterion.FISHER, no_labels=False):
+    return PruneConfig(Target(TargetKind.MEM, 0.6), criterion=criterion, round_to=1,
+                       calibration=CalibrationConfig(batch_size=32, no_labels=no_labels),
+                       finetune=FinetuneConfig(steps=steps, batch_size=32, lr=0.05,
+                                               schedule=schedule, prune_every=3, holdout=64))
+
+
+def test_model_keeps_batchnorm(task):
+    assert "BatchNormalization" in {n.op_type for n in task[0].graph.node}
+
+
+@pytest.mark.parametrize("schedule", [Schedule.ONESHOT, Schedule.GFP])
+def test_finetuning_lowers_the_loss_and_writes_a_valid_model(task, schedule):
+    model, x, y = task
+    result = prune(model, _config(schedule), data=[({"x": x}, y)])
+    log = result.recovery.finetune
+    assert log.last_loss < log.first_loss
+    onnx.checker.check_model(result.model, full_check=True)
+    free, why = make_batch_free(result.model)
+    assert why is None
+    out = session(free).run(None, {"x": x[:8]})[0]
+    assert out.shape == (8, 4) and np.isfinite(out).all()
+    fid = result.recovery.fidelity
+    assert fid["samples"] == 64 and "accuracy_pruned" in fid and 0 <= fid["top1_agreement"] <= 1
+    assert result.plan.after.mem <= 0.6 * result.plan.before.mem
+
+
+def test_distillation_without_labels(task):
+    model, x, y = task
+    result = prune(model, _config(no_labels=True), data=[({"x": x}, y)])
+    assert "accuracy_pruned" not in result.recovery.fidelity
+    assert result.recovery.finetune.last_loss < result.recovery.finetune.first_loss
+
+
+def test_written_weights_are_the_module_weights(task):
+    """Write-back then reload gives the module's own outputs (eval mode)."""
+    model, x, _ = task
+    model = analyze(model).model
+    free = make_batch_free(model)[0]
+    module = OnnxModule(free)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(1.1)
+    written = module.write_back(model)
+    want = module(torch.from_numpy(x[:1]))[0].detach().numpy()
+    got = session(written).run(None, {"x": x[:1]})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gfp_removes_the_lowest_normalised_fisher_first_and_stops_at_target(task):
+    model, x, y = task
+    analysis = analyze(model)
+    config = _config(Schedule.GFP)
+    w = world("cpu")
+    module = OnnxModule(make_batch_free(analysis.model)[0])
+    schedule = GfpSchedule(analysis, config, module, w)
+    state = schedule.state
+    fisher = np.linspace(1.0, 2.0, len(state.units))[::-1].copy()
+    order = []
+    while not schedule.reached():
+        state.fisher[:] = fisher
+        pool = state.candidates()
+        expected = pool[np.argmin(fisher[pool] / state.norm[pool])]
+        state.remove_lowest(1, None)
+        order.append(int(expected))
+        assert not state.alive[expected]
+    kept = analysis.costs.costs(state.removal.kept)
+    assert kept.mem <= 0.6 * analysis.costs.costs().mem
+    assert len(order) == int((~state.alive).sum())
+
+
+def test_gfp_needs_fisher(task):
+    model, x, y = task
+    from onnxprune.errors import UserError
+
+    with pytest.raises(UserError, match="gfp"):
+        prune(model, _config(Schedule.GFP, criterion=Criterion.L1), data=[({"x": x}, y)])
+
+
+def test_data_split_is_disjoint(task):
+    model, x, y = task
+    data = open_data([({"x": x}, y)], input_specs(analyze(model).model))
+    train, held = data.split(64, seed=0)
+    seen = [b.inputs["x"] for b in train.batches(50)] + [b.inputs["x"] for b in held.batches(50)]
+    rows = np.concatenate(seen).reshape(N, -1)
+    assert train.num_samples + held.num_samples == N
+    assert len(np.unique(rows, axis=0)) == N
