@@ -41,6 +41,7 @@ class PruneResult:
     timings: dict[str, float] = field(default_factory=dict)
     calibration: object | None = None   # calibrate.scoring.CalibrationResult for data criteria
     recovery: object | None = None      # calibrate.recover.Recovery after fine-tuning
+    bn_samples: int | None = None       # samples that re-estimated BN statistics, if asked
 
     @property
     def error(self) -> float:
@@ -136,7 +137,20 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
     tick = time.perf_counter()
     verdict = verify(analysis.model, pruned, slices, runs=config.verify_runs, seed=config.seed)
     timings["verify"] = time.perf_counter() - tick
-    return PruneResult(pruned, analysis, plan, slices, scores, verdict, timings, calibration)
+    result = PruneResult(pruned, analysis, plan, slices, scores, verdict, timings, calibration)
+    if config.calibration.recalibrate_bn:
+        _recalibrate_bn(result, config, data)
+    return result
+
+
+def _recalibrate_bn(result: PruneResult, config: PruneConfig, data) -> None:
+    """Re-estimate BatchNormalization statistics of the (proven) slice on `data`."""
+    data = open_calibration_data(result.analysis, config, data)
+    from calibrate.bn import recalibrate_bn
+
+    tick = time.perf_counter()
+    result.model, result.bn_samples = recalibrate_bn(result.model, data, config.calibration)
+    result.timings["recalibrate_bn"] = time.perf_counter() - tick
 
 
 def random_plan(analysis: Analysis, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,9 @@ def add_data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--std", metavar="S,S,S", help="images: per-channel std (default ImageNet "
                    "for 3 channels, 1 for 1)")
     d.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
+    d.add_argument("--recalibrate-bn", action="store_true",
+                   help="after slicing, re-estimate BatchNormalization statistics on --data "
+                        "(AdaBN; no training; the oracle still checks the slice before it)")
     d.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="torch device for calibration (default: cuda when available)")
 
@@ -79,12 +82,15 @@ def image_options(args):
 
 
 def calibration(args) -> CalibrationConfig:
+    if args.recalibrate_bn and not args.data:
+        raise UserError("--recalibrate-bn needs data: --data PATH")
     for flag, value in (("--batch-size", args.batch_size), ("--calib-batches", args.calib_batches)):
         if value < (1 if flag == "--batch-size" else 0):
             raise UserError(f"{flag} {value}: must be >= {1 if flag == '--batch-size' else 0}")
     return CalibrationConfig(batch_size=args.batch_size,
                              max_batches=args.calib_batches or None, no_labels=args.no_labels,
-                             progress=True, device=args.device, image=image_options(args))
+                             progress=True, device=args.device, image=image_options(args),
+                             recalibrate_bn=args.recalibrate_bn)
 
 
 def _positive(flag: str, value, minimum=1):

@@ -51,6 +51,7 @@ class CalibrationConfig:
     progress: bool = False           # a progress line on stderr
     device: str | None = None        # "cpu" / "cuda"; default: cuda when available
     image: object | None = None      # calibrate.data.ImageOptions for image folders
+    recalibrate_bn: bool = False     # re-estimate BN statistics of the slice (calibrate/bn.py)
 
 
 @dataclass(frozen=True)

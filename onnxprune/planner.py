@@ -9,7 +9,8 @@ the chunk's score is Σ I / Σ norm over its units. A layer group never drops be
 unit (`round_to` channels), so no tensor ever loses all its channels.
 
 HRank (Lin et al. 2020) prunes fixed per-layer rates; with one global target the faithful
-reading is `plan_uniform_rate`: the same share of every layer group, the smallest that meets it.
+reading is `plan_uniform_rate`: the same share of every layer group (to one chunk), the
+smallest that meets the target.
 """
 from __future__ import annotations
 
@@ -100,9 +101,30 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
                  scores: np.ndarray, target: Target, normalize: Normalize, round_to: int) -> Plan:
     """Greedy over layer-group chunks, cheapest normalised score first (module docstring)."""
     norm = np.maximum(unit_normaliser(channels, costs, normalize), 1e-12)
-    unit_score = scores / norm
-    chunks = [_chunks(g, channels.blocked, unit_score, round_to) for g in groups if not g.blocked]
-    heap = [(_chunk_score(c, scores, norm), i) for i, c in enumerate(chunks) if c.count > 0]
+    chunks = [_chunks(g, channels.blocked, scores / norm, round_to) for g in groups if not g.blocked]
+    return _greedy(channels, groups, costs, chunks, target,
+                   lambda c: _chunk_score(c, scores, norm))
+
+
+def plan_uniform_rate(channels: Channels, groups: list[LayerGroup], costs: CostModel,
+                      scores: np.ndarray, target: Target, round_to: int) -> Plan:
+    """HRank's allocation: every prunable layer group loses the same share of its channels,
+    lowest scores first. Chunks are discrete, so the next chunk always comes from the group whose
+    share would stay lowest (ties: lowest score), until the target is met: the shares differ by
+    at most one chunk, and the plan stops at the first that meets the target."""
+    ones = np.ones(len(scores))
+    chunks = [_chunks(g, channels.blocked, scores, round_to) for g in groups if not g.blocked]
+
+    def key(c: _Chunks):
+        share = (c.taken + 1) * c.size / len(c.group.units)
+        return (share, _chunk_score(c, scores, ones))
+    return _greedy(channels, groups, costs, chunks, target, key)
+
+
+def _greedy(channels, groups, costs: CostModel, chunks: list[_Chunks], target: Target,
+            key) -> Plan:
+    """Take the chunk with the lowest key until the target is met (or nothing is left)."""
+    heap = [(key(c), i) for i, c in enumerate(chunks) if c.count > 0]
     heapq.heapify(heap)
     removal = Removal(channels, costs)
     before = costs.costs()
@@ -116,36 +138,7 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
         removal.remove(chunks[i].next())
         chunks[i].taken += 1
         if chunks[i].taken < chunks[i].count:
-            heapq.heappush(heap, (_chunk_score(chunks[i], scores, norm), i))
-    return Plan(removal.removed, removal.kept, before, costs.costs(removal.kept))
-
-
-def plan_uniform_rate(channels: Channels, groups: list[LayerGroup], costs: CostModel,
-                      scores: np.ndarray, target: Target, round_to: int) -> Plan:
-    """HRank's allocation: every prunable layer group removes the same share r of its removable
-    chunks, lowest scores first; r is the smallest share that meets the target (bisection)."""
-    chunks = [_chunks(g, channels.blocked, scores, round_to) for g in groups if not g.blocked]
-    before = costs.costs()
-    goal = target.fraction * cost_value(before, target.kind)
-
-    def removal_at(rate: float) -> Removal:
-        removal = Removal(channels, costs)
-        for c in chunks:
-            removal.remove(c.order[:math.floor(rate * c.count + 1e-9) * c.size])
-        return removal
-
-    def meets(removal: Removal) -> bool:
-        return cost_value(costs.costs(removal.kept), target.kind) <= goal
-
-    if not meets(removal_at(1.0)):
-        mem = unit_normaliser(channels, costs, Normalize.MEM)
-        raise TargetUnreachable(unreachable_message(
-            before, costs.costs(removal_at(1.0).kept), target, groups, mem))
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        mid = (low + high) / 2
-        low, high = (low, mid) if meets(removal_at(mid)) else (mid, high)
-    removal = removal_at(high)
+            heapq.heappush(heap, (key(chunks[i]), i))
     return Plan(removal.removed, removal.kept, before, costs.costs(removal.kept))
 
 

@@ -56,6 +56,8 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
         "ratio": {k: (after[k] / before[k] if before[k] else 1.0) for k in before},
         "calibration": (result.calibration.as_dict() if result.calibration is not None
                         else None),
+        "bn_recalibration": ({"samples": result.bn_samples}
+                             if getattr(result, "bn_samples", None) else None),
         "recovery": (result.recovery.as_dict() if getattr(result, "recovery", None) is not None
                      else None),
         "groups": group_records(result.analysis, result.plan.removed, result.scores),
@@ -121,6 +123,8 @@ def _calibration_line(result) -> str:
 def _recovery_lines(result) -> str:
     """Fine-tuning and fidelity on held-out data (the oracle line is about the slicing)."""
     rec = getattr(result, "recovery", None)
+    if getattr(result, "bn_samples", None):
+        return f"  BatchNormalization statistics re-estimated on {result.bn_samples} samples\n"
     if rec is None:
         return ""
     ft = rec.finetune
@@ -145,7 +149,9 @@ def _recovery_lines(result) -> str:
 
 def prune_summary(result, output: str) -> str:
     total = sum(result.timings.values())
-    sliced = " of the slicing, before fine-tuning" if getattr(result, "recovery", None) else ""
+    sliced = (" of the slicing, before fine-tuning" if getattr(result, "recovery", None) else
+              " of the slicing, before BN re-estimation" if getattr(result, "bn_samples", None)
+              else "")
     return (f"pruned -> {output}\n{_calibration_line(result)}"
             f"{cost_table(result.plan.before, result.plan.after)}\n"
             f"{_recovery_lines(result)}"

@@ -145,3 +145,38 @@ def test_data_split_is_disjoint(task):
     rows = np.concatenate(seen).reshape(N, -1)
     assert train.num_samples + held.num_samples == N
     assert len(np.unique(rows, axis=0)) == N
+
+
+def test_bn_recalibration_gives_population_statistics(task):
+    """The first BN's new running mean / variance are those of its input over the data."""
+    from calibrate.bn import recalibrate_bn
+    from onnx import numpy_helper
+
+    model, x, _ = task
+    normalised = analyze(model).model
+    data = open_data([{"x": x}], input_specs(normalised))
+    tuned, seen = recalibrate_bn(normalised, data, CalibrationConfig(batch_size=50))
+    assert seen == N
+    bn = next(n for n in tuned.graph.node if n.op_type == "BatchNormalization")
+    conv = next(n for n in tuned.graph.node if n.output[0] == bn.input[0])
+    inits = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    w, b = torch.from_numpy(inits[conv.input[1]]), torch.from_numpy(inits[conv.input[2]])
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), w, b, padding=1).double()
+    np.testing.assert_allclose(inits[bn.input[3]], y.mean((0, 2, 3)).numpy(), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(inits[bn.input[4]], y.var((0, 2, 3), unbiased=False).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    onnx.checker.check_model(tuned, full_check=True)
+
+
+def test_recalibrate_bn_from_the_cli(task, tmp_path, capsys):
+    from onnxprune.cli import main
+
+    model, x, y = task
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=x)
+    assert main([str(tmp_path / "m.onnx"), "--target-mem", "0.6", "--data",
+                 str(tmp_path / "d.npz"), "--recalibrate-bn", "-o", str(tmp_path / "o.onnx"),
+                 "--round-to", "1"]) == 0
+    assert f"re-estimated on {N} samples" in capsys.readouterr().out
+    assert main([str(tmp_path / "m.onnx"), "--target-mem", "0.6", "--recalibrate-bn"]) == 2

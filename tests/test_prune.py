@@ -99,3 +99,22 @@ def test_float64_evaluation_matches_onnxruntime():
     model = analyze(small_resnet(width=16)).model
     feeds = random_inputs(model, 0)
     np.testing.assert_allclose(run_float64(model, feeds)[0], run(model, feeds)[0], rtol=1e-4, atol=1e-3)
+
+
+def test_uniform_rate_keeps_group_shares_level_and_stops_at_target():
+    """HRank's allocation: shares of prunable groups differ by at most one chunk."""
+    from onnxprune.api import analyze
+    from onnxprune.planner import plan_uniform_rate
+
+    analysis = analyze(small_resnet(width=32))
+    scores = np.random.default_rng(0).random(analysis.channels.n_components)
+    target = Target(TargetKind.MEM, 0.6)
+    plan = plan_uniform_rate(analysis.channels, analysis.groups, analysis.costs, scores, target, 1)
+    assert plan.after.mem <= 0.6 * plan.before.mem
+    shares = [plan.removed[g.units].mean() for g in analysis.groups if not g.blocked]
+    sizes = [len(g.units) for g in analysis.groups if not g.blocked]
+    assert max(shares) - min(shares) <= max(1 / n for n in sizes) + 1e-9
+    for g in analysis.groups:  # within a group, the lowest scores go first
+        gone, kept = g.units[plan.removed[g.units]], g.units[~plan.removed[g.units]]
+        if len(gone) and len(kept):
+            assert scores[gone].max() <= scores[kept].min()

@@ -19,16 +19,21 @@ def _setup_commands() -> list[str]:
 def test_readme_starts_with_two_setup_commands():
     commands = _setup_commands()
     assert len(commands) == 2
-    assert all(c.startswith("pip install -e ") and " && " in c for c in commands)
+    assert all("pip install -e " in c and " && " in c for c in commands)
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci, "CI must run README's test command"
 
 
 def test_readme_demo_runs():
     pytest.importorskip("torch")
-    demo = _setup_commands()[0].split(" && ", 1)[1]
+    from models.fashion_data import available
+
+    if not available():
+        pytest.skip("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+    demo = _setup_commands()[0].split(" && ")[-1]
     argv = shlex.split(demo)
     argv[0] = sys.executable if argv[0] == "python" else argv[0]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "oracle: max relative error" in proc.stdout and "speed-up" in proc.stdout
+    for shown in ("max relative error", "fine-tuned (oneshot)", "top-1", "speed-up"):
+        assert shown in proc.stdout, shown
