@@ -57,6 +57,7 @@ class _Program:
     def __init__(self):
         self.slots: dict[str, int] = {"": _NONE}
         self.sources: list[tuple[int, str, bool]] = []  # (slot, registered name, is_param)
+        self.keys: dict[str, tuple[str, bool]] = {}  # ONNX name -> (registered name, param)
         self.input_names: list[str] = []
         self.inputs: list[int] = []
         self.outputs: list[int] = []
@@ -168,6 +169,9 @@ class OnnxModule(torch.nn.Module):
         return by_node
 
     def _compile(self, graph: onnx.GraphProto, outer: set[str] | None, top: bool) -> _Program:
+        if graph.sparse_initializer:
+            raise UnsupportedModel(f"sparse initializer {graph.sparse_initializer[0].values.name!r}"
+                                   f" is not supported")
         prog = _Program()
         consts: dict[str, np.ndarray] = {}  # build-time values (initializers, Constants)
         foldable: set[str] = set()  # constant shape values: nodes reading only these fold
@@ -177,7 +181,7 @@ class OnnxModule(torch.nn.Module):
             value = _to_array(init)
             consts[init.name] = value
             kind = roles.get(init.name, "param") if top else "buffer"
-            self._add_const(prog, init.name, value, kind)
+            self._add_const(prog, init.name, value, kind, top)
             if not np.issubdtype(value.dtype, np.floating):
                 foldable.add(init.name)
         if top:
@@ -198,10 +202,10 @@ class OnnxModule(torch.nn.Module):
                         prog.input_names.append(name)
                         prog.inputs.append(prog.slot(name))
             used = [bool(o) and o in consumed for o in node.output]
-            spec = self._spec(node, consts, used, prog, local | (outer or set()))
+            spec = self._spec(node, consts, used, prog.keys, local | (outer or set()))
             fn = _build(spec)
             if _can_fold(node, fn, foldable):
-                self._fold(prog, node, index, fn, consts, foldable)
+                self._fold(prog, node, index if top else -1, fn, consts, foldable, top)
             else:
                 ins = [prog.slot(n) if n else _NONE for n in node.input]
                 ins += [prog.slot(n) for n in spec.extra.get("outer", [])]
@@ -210,13 +214,17 @@ class OnnxModule(torch.nn.Module):
                                    (), index if top else -1))
             local.update(o for o in node.output if o)
         for out in graph.output:
+            if out.name not in local and outer is not None and out.name in outer:
+                prog.input_names.append(out.name)  # a branch returning an outer value
+                prog.inputs.append(prog.slot(out.name))
+                local.add(out.name)
             if out.name not in local:
                 raise UnsupportedModel(f"graph output {out.name!r} is not produced by any node")
             prog.outputs.append(prog.slot(out.name))
         _plan_frees(prog)
         return prog
 
-    def _spec(self, node, consts, used, prog, visible) -> Spec:
+    def _spec(self, node, consts, used, keys, visible) -> Spec:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModel(f"{node.op_type} node {node.name!r}: custom domain "
                                    f"{node.domain!r} has no torch implementation")
@@ -225,7 +233,7 @@ class OnnxModule(torch.nn.Module):
                     consts=[consts.get(n) if n else None for n in node.input],
                     outputs_used=used,
                     buffer_slots=frozenset(i for i, n in enumerate(node.input)
-                                           if n in self._names and not self._names[n][1]))
+                                           if n in keys and not keys[n][1]))
 
         def compile_branch(graph: onnx.GraphProto) -> _Program:
             sub = self._compile(graph, outer=visible, top=False)
@@ -236,7 +244,7 @@ class OnnxModule(torch.nn.Module):
         spec.compile = compile_branch
         return spec
 
-    def _fold(self, prog, node, index, fn, consts, foldable) -> None:
+    def _fold(self, prog, node, index, fn, consts, foldable, top) -> None:
         args = [self._const_tensor(prog, n) if n else None for n in node.input]
         with torch.no_grad():
             result = fn(*args)
@@ -246,15 +254,17 @@ class OnnxModule(torch.nn.Module):
                 array = value.numpy()
                 consts[name] = array
                 foldable.add(name)
-                self._add_const(prog, name, array, "buffer")
+                self._add_const(prog, name, array, "buffer", top)
         self._folded.add(index)
 
     def _const_tensor(self, prog, name):
-        key, is_param = self._names[name]
+        key, is_param = prog.keys[name]
         return self._parameters[key] if is_param else self._buffers[key]
 
-    def _add_const(self, prog: _Program, name: str, value: np.ndarray, kind: str) -> None:
-        """Register an initializer / constant: kind is param, buffer or stat (BN running)."""
+    def _add_const(self, prog: _Program, name: str, value: np.ndarray, kind: str,
+                   top: bool) -> None:
+        """Register an initializer / constant value ("param" or "buffer"); only the top
+        graph's names are public (an If branch may reuse a name)."""
         tensor = torch.from_numpy(np.array(value, copy=True))
         floating = tensor.is_floating_point()
         key = self._register_name(name)
@@ -263,7 +273,9 @@ class OnnxModule(torch.nn.Module):
             self.register_parameter(key, torch.nn.Parameter(tensor))
         else:
             self.register_buffer(key, tensor, persistent=floating)
-        self._names[name] = (key, is_param)
+        prog.keys[name] = (key, is_param)
+        if top:
+            self._names[name] = (key, is_param)
         prog.sources.append((prog.slot(name), key, is_param))
 
     def _register_name(self, name: str) -> str:
@@ -290,7 +302,7 @@ def _to_array(init: onnx.TensorProto) -> np.ndarray:
                                f"loaded (onnx.load with load_external_data=True)")
     try:
         return numpy_helper.to_array(init)
-    except Exception as exc:
+    except (ValueError, TypeError, KeyError, OSError) as exc:
         raise UnsupportedModel(f"initializer {init.name!r}: cannot read it ({exc})") from None
 
 
@@ -362,12 +374,10 @@ def _build(spec: Spec) -> Callable:
 
 def _can_fold(node: onnx.NodeProto, fn: Callable, foldable: set[str]) -> bool:
     """Constant nodes and pure functions of constant shape values run once, at construction."""
-    if getattr(fn, "wants_run", False) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for a in node.attribute):
+    graphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    if getattr(fn, "wants_run", False) or any(a.type in graphs for a in node.attribute):
         return False
-    return all(not name or name in foldable for name in node.input) and \
-        node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike",
-                             "RandomUniformLike", "Multinomial", "Dropout")
+    return all(not name or name in foldable for name in node.input)
 
 
 def _plan_frees(prog: _Program) -> None:

@@ -7,6 +7,8 @@ gradients; write_back; and the zoo (SMALL_ZOO at 64x64 by default, everything un
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -14,9 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from calibrate.executor import OnnxModule, UnsupportedModel  # noqa: E402
-from onnxprune.errors import UserError  # noqa: E402
-from onnxprune.runtime import session  # noqa: E402
+from calibrate.executor import OnnxModule, UnsupportedModel
+from onnxprune.errors import UserError
+from onnxprune.runtime import session
 
 node = helper.make_node
 INT_MAX = 2**63 - 1
@@ -86,11 +88,11 @@ def arr(values, dtype=np.int64):
 
 W = _RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
 CONV_CASES = {
-    "asymmetric": dict(pads=[0, 1, 2, 1], strides=[2, 1]),
-    "dilated": dict(pads=[2, 2, 2, 2], dilations=[2, 2]),
-    "same_upper": dict(auto_pad="SAME_UPPER", strides=[2, 2]),
-    "same_lower": dict(auto_pad="SAME_LOWER", strides=[2, 2]),
-    "valid": dict(auto_pad="VALID", strides=[2, 3]),
+    "asymmetric": {"pads": [0, 1, 2, 1], "strides": [2, 1]},
+    "dilated": {"pads": [2, 2, 2, 2], "dilations": [2, 2]},
+    "same_upper": {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    "same_lower": {"auto_pad": "SAME_LOWER", "strides": [2, 2]},
+    "valid": {"auto_pad": "VALID", "strides": [2, 3]},
 }
 
 
@@ -111,14 +113,14 @@ def test_conv_grouped_1d_3d():
 
 WT = _RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
 CONV_T_CASES = {
-    "plain": dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
-    "asymmetric": dict(strides=[2, 2], pads=[0, 1, 2, 0]),
-    "output_shape": dict(strides=[2, 2], output_shape=[10, 9]),
-    "output_shape_upper": dict(strides=[2, 2], output_shape=[10, 9], auto_pad="SAME_UPPER"),
-    "same_upper": dict(strides=[2, 2], auto_pad="SAME_UPPER"),
-    "same_lower": dict(strides=[2, 2], auto_pad="SAME_LOWER"),
-    "large_output_padding": dict(strides=[3, 3], dilations=[2, 2], output_padding=[2, 1],
-                                 pads=[1, 1, 1, 1]),
+    "plain": {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+    "asymmetric": {"strides": [2, 2], "pads": [0, 1, 2, 0]},
+    "output_shape": {"strides": [2, 2], "output_shape": [10, 9]},
+    "output_shape_upper": {"strides": [2, 2], "output_shape": [10, 9], "auto_pad": "SAME_UPPER"},
+    "same_upper": {"strides": [2, 2], "auto_pad": "SAME_UPPER"},
+    "same_lower": {"strides": [2, 2], "auto_pad": "SAME_LOWER"},
+    "large_output_padding": {"strides": [3, 3], "dilations": [2, 2], "output_padding": [2, 1],
+                                 "pads": [1, 1, 1, 1]},
 }
 
 
@@ -137,15 +139,15 @@ def test_conv_transpose_grouped():
 # ---------------------------------------------------------------------------------- pools
 
 POOL_CASES = {
-    "ceil_pads": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
-    "ceil": dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
-    "asymmetric": dict(kernel_shape=[3, 2], strides=[2, 1], pads=[0, 1, 2, 0]),
-    "asymmetric_ceil": dict(kernel_shape=[3, 3], strides=[3, 2], pads=[1, 0, 0, 1],
-                            ceil_mode=1),
-    "large_pads": dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1]),
-    "same_upper": dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
-    "same_lower": dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER"),
-    "plain": dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+    "ceil_pads": {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+    "ceil": {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    "asymmetric": {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [0, 1, 2, 0]},
+    "asymmetric_ceil": {"kernel_shape": [3, 3], "strides": [3, 2], "pads": [1, 0, 0, 1],
+                            "ceil_mode": 1},
+    "large_pads": {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    "same_upper": {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+    "same_lower": {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
+    "plain": {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]},
 }
 
 
@@ -194,9 +196,9 @@ def _resize(shape, scales=None, sizes=None, opset=19, **attrs):
 COORDS = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
           "tf_half_pixel_for_nn", "half_pixel_symmetric"]
 NEAREST = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
-GEOMETRY = {"up2": dict(scales=[1, 1, 2, 2]), "up_odd": dict(scales=[1, 1, 1.5, 2.5]),
-            "down": dict(scales=[1, 1, 0.5, 0.6]), "sizes": dict(sizes=[1, 2, 7, 13]),
-            "up4": dict(scales=[1, 1, 4, 4])}
+GEOMETRY = {"up2": {"scales": [1, 1, 2, 2]}, "up_odd": {"scales": [1, 1, 1.5, 2.5]},
+            "down": {"scales": [1, 1, 0.5, 0.6]}, "sizes": {"sizes": [1, 2, 7, 13]},
+            "up4": {"scales": [1, 1, 4, 4]}}
 
 
 @pytest.mark.parametrize("geometry", GEOMETRY.values(), ids=GEOMETRY.keys())
@@ -268,10 +270,10 @@ def test_slice_computed_and_opset9():
 
 
 SPLITS = {
-    "attr": (11, dict(axis=1, split=[1, 3]), ()),
-    "input": (13, dict(axis=1), ("sizes",)),
-    "equal": (13, dict(axis=-1), ()),
-    "num_outputs_uneven": (18, dict(axis=1, num_outputs=2), ()),
+    "attr": (11, {"axis": 1, "split": [1, 3]}, ()),
+    "input": (13, {"axis": 1}, ("sizes",)),
+    "equal": (13, {"axis": -1}, ()),
+    "num_outputs_uneven": (18, {"axis": 1, "num_outputs": 2}, ()),
 }
 
 
@@ -349,20 +351,20 @@ def test_elementwise_and_logic():
 
 UNARY = ["Neg", "Abs", "Exp", "Tanh", "Sigmoid", "HardSwish", "Relu", "Erf", "Mish",
          "Softplus", "Softsign", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos"]
-ACTIVATIONS = {"LeakyRelu": dict(alpha=0.2), "Elu": dict(alpha=0.7), "Selu": {},
-               "Celu": dict(alpha=1.3), "HardSigmoid": dict(alpha=0.3, beta=0.4),
-               "ThresholdedRelu": dict(alpha=0.3), "Gelu": dict(approximate="tanh")}
+ACTIVATIONS = {"LeakyRelu": {"alpha": 0.2}, "Elu": {"alpha": 0.7}, "Selu": {},
+               "Celu": {"alpha": 1.3}, "HardSigmoid": {"alpha": 0.3, "beta": 0.4},
+               "ThresholdedRelu": {"alpha": 0.3}, "Gelu": {"approximate": "tanh"}}
 
 
 def test_unary_and_activations():
     for op in UNARY:
-        assert_same(one(op, (3, 7)))
+        assert_same(one(op, (3, 7), opset=18))
     for op in ("Log", "Sqrt", "Reciprocal"):
         assert_same(make([node("Abs", ["x"], ["a"]), node(op, ["a"], ["y"])], {"x": (3, 4)},
                          ["y"]))
     for op, attrs in ACTIVATIONS.items():
         assert_same(one(op, (3, 7), opset=20, **attrs))
-    assert_same(one("PRelu", (2, 3, 4), inits={"s": arr([[[0.1]], [[0.2]], [[-1.0]]],
+    assert_same(one("PRelu", (2, 3, 4, 5), inits={"s": arr([[[0.1]], [[0.2]], [[-1.0]]],
                                                          np.float32)}, extra_inputs=("s",)))
     assert_same(one("Clip", (3, 7), opset=6, min=-0.5, max=0.3))
     assert_same(one("Clip", (3, 7), inits={"lo": np.float32(-0.2)}, extra_inputs=("lo",)))
@@ -377,8 +379,14 @@ def test_unary_and_activations():
 
 @pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2",
                                 "ReduceProd", "ReduceL1", "ReduceSumSquare",
-                                "ReduceLogSumExp"])
+                                "ReduceLogSumExp", "ReduceLogSum"])
 def test_reduce(op):
+    if op == "ReduceLogSum":  # positive inputs
+        positive = {"x": _RNG.uniform(0.5, 2.0, (2, 3, 4)).astype(np.float32)}
+        assert_same(one(op, (2, 3, 4), opset=18, inits={"a": arr([], np.int64)},
+                        extra_inputs=("a",), noop_with_empty_axes=1), positive)
+        assert_same(one(op, (2, 3, 4), opset=11, axes=[1], keepdims=1), positive)
+        return
     assert_same(one(op, (2, 3, 4), opset=11, axes=[1, -1], keepdims=1))
     assert_same(one(op, (2, 3, 4), opset=18, inits={"a": arr([-2])}, extra_inputs=("a",),
                     keepdims=0))
@@ -402,8 +410,8 @@ def test_arg_topk_softmax():
 
 # ---------------------------------------------------------------------------------- linear
 
-GEMMS = {"default": {}, "transA": dict(transA=1), "transB": dict(transB=1),
-         "both": dict(transA=1, transB=1, alpha=0.5, beta=2.0), "alpha": dict(alpha=3.0)}
+GEMMS = {"default": {}, "transA": {"transA": 1}, "transB": {"transB": 1},
+         "both": {"transA": 1, "transB": 1, "alpha": 0.5, "beta": 2.0}, "alpha": {"alpha": 3.0}}
 
 
 @pytest.mark.parametrize("attrs", GEMMS.values(), ids=GEMMS.keys())
@@ -592,6 +600,25 @@ def test_parameters_buffers_and_state_dict():
     clone = OnnxModule(model)
     clone.load_state_dict(state)
     assert_same(model, module=module.double().float())
+
+
+def test_copies_and_dtype_moves_stay_consistent():
+    model = _small_cnn()
+    module = OnnxModule(model)
+    twin = copy.deepcopy(module).train()
+    x = torch.randn(2, 3, 8, 8)
+    twin(x)  # a training step updates the twin's BatchNorm statistics only
+    assert not torch.equal(twin.buffers_by_name["bn.m"], module.buffers_by_name["bn.m"])
+    assert not module.training
+    with torch.no_grad():
+        twin.params["fc.b"].zero_()
+    assert module.params["fc.b"].abs().sum() > 0
+    wide = copy.deepcopy(module).double()
+    assert wide.buffers_by_name["bn.v"].dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in wide.params.values())
+    with torch.no_grad():
+        np.testing.assert_allclose(wide(x.double())[0].numpy(), module(x)[0].numpy(),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_reach_params_and_inputs():

@@ -134,12 +134,10 @@ def where(spec: Spec):
 def variadic(spec: Spec):
     combine = {"Sum": torch.add, "Mean": torch.add, "Max": torch.maximum,
                "Min": torch.minimum}[spec.op_type]
+    if spec.op_type != "Mean":
+        return lambda *xs: functools.reduce(combine, xs)
     count = len(spec.node.input)
-
-    def run(*xs):
-        out = functools.reduce(combine, xs)
-        return out / count if spec.op_type == "Mean" else out
-    return run
+    return lambda *xs: functools.reduce(combine, xs) / count
 
 
 def _clamp(x, lo, hi):

@@ -30,15 +30,21 @@ _REDUCE = {
 }
 
 
+# noop_with_empty_axes reduces over no axis: the element-wise part still applies
+_NOOP = {"ReduceL1": torch.abs, "ReduceL2": torch.abs, "ReduceSumSquare": lambda x: x * x,
+         "ReduceLogSum": torch.log}
+
+
 @op(*_REDUCE)
 def reduce(spec: Spec):
     fn, keep = _REDUCE[spec.op_type], bool(spec.attrs["keepdims"])
     noop = spec.attrs.get("noop_with_empty_axes", 0)
+    elementwise = _NOOP.get(spec.op_type, lambda x: x)
 
     def run(x, axes):
         if not axes:
             if noop:
-                return x
+                return elementwise(x)
             axes = range(x.dim())
         return fn(x, tuple(norm_axes(axes, x.dim())), keep)
     from_input = spec.since >= 18 or (spec.op_type == "ReduceSum" and spec.since >= 13)

@@ -64,7 +64,7 @@ class Resampler:
         factors = {a: 1.0 for a in range(len(shape))}
         outs = list(shape)
         if sizes:
-            ratios = [sizes[i] / shape[a] for i, a in enumerate(axes)]
+            ratios = [np.float32(sizes[i]) / np.float32(shape[a]) for i, a in enumerate(axes)]
             if self.policy in ("not_larger", "not_smaller"):
                 pick = min(ratios) if self.policy == "not_larger" else max(ratios)
                 ratios = [pick] * len(axes)
@@ -127,11 +127,11 @@ class Resampler:
             return x * np.float32(size - 1) / np.float32(out - 1)
         if self.coords == "pytorch_half_pixel" and out == 1:
             return np.zeros(1, np.float32)
-        src = (x + half) / scale - half
-        if self.coords == "half_pixel_symmetric":
+        if self.coords == "half_pixel_symmetric":  # onnxruntime's order of operations
             adjustment = np.float32(out) / (scale * np.float32(size))
-            src = np.float32(size) / 2 * (one - adjustment) + src
-        return src.astype(np.float32)
+            offset = np.float32(size) / 2 * (one - adjustment)
+            return ((offset + (x + half) / scale) - half).astype(np.float32)
+        return ((x + half) / scale - half).astype(np.float32)
 
     def _taps(self, size: int, out: int, scale: np.float32):
         src = self._source(size, out, scale)
