@@ -8,8 +8,9 @@ F_u += Σ_n g_{n,u}². Every `prune_every` steps (paper: 25 for classification) 
 as in the one-shot planner. The schedule stops when the target is met. Under torchrun the
 accumulators are all-reduced before each decision, so every rank removes the same units.
 
-If the step budget runs out first, the rest is removed at once by the last accumulated scores
-(reported as `removed_without_training`). Then the network, whose masked channels are exactly
+Pruning may use at most half of the step budget, so that the sliced network always gets the
+other half to recover; if the target is not met by then, the rest is removed at once by the
+last accumulated scores (reported as `removed_without_training`). Then the network, whose masked channels are exactly
 the removed ones, is sliced and checked by the exactness oracle with its trained weights.
 """
 from __future__ import annotations
@@ -83,12 +84,13 @@ def _state(analysis, config, units: np.ndarray) -> GfpState:
 class GfpSchedule:
     """Hooks for `finetune.finetune`: attach masks before a step, decide after it."""
 
-    def __init__(self, analysis, config, module, world: World):
+    def __init__(self, analysis, config, module, world: World, prune_steps: int | None = None):
         sites = mask_sites(analysis.channels)
         self.state = _state(analysis, config, scored_units(sites, analysis.channels.blocked))
         self.masks = SiteMasks(sites, self.state.units, world.device)
         self.module, self.world, self.config = module, world, config
         self.costs, self.kind = analysis.costs, config.target.kind
+        self.prune_steps = prune_steps  # pruning stops here at the latest (finish() completes)
         self.n = 0
 
     def reached(self) -> bool:
@@ -103,13 +105,14 @@ class GfpSchedule:
         """Accumulate F; every `prune_every` steps remove units. True: the target is met."""
         if grad is not None:
             self.state.fisher += ((grad.detach().double().cpu() * self.n) ** 2).sum(0).numpy()
-        if (step + 1) % self.config.finetune.prune_every:
+        out_of_budget = self.prune_steps is not None and step + 1 >= self.prune_steps
+        if (step + 1) % self.config.finetune.prune_every and not out_of_budget:
             return False
         summed = all_reduce_sum(torch.from_numpy(self.state.fisher), self.world)
         self.state.fisher = summed.numpy().copy()
         self.state.remove_lowest(self.config.finetune.prune_count, step + 1)
         self.state.fisher[:] = 0
-        return self.reached()
+        return self.reached() or out_of_budget
 
     def finish(self) -> int:
         """Remove what is still needed without training; returns how many units that was."""

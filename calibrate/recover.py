@@ -84,7 +84,7 @@ def _gfp(analysis, config, data, w, steps, progress):
     """Returns (tuned normalised model, removed components, log, gfp record)."""
     reachable_check(analysis, config)
     module = _module(analysis.model, w, "original")
-    schedule = GfpSchedule(analysis, config, module, w)
+    schedule = GfpSchedule(analysis, config, module, w, prune_steps=max(1, steps // 2))
     log = finetune(module, _teacher(analysis.model, data, w), data, config.finetune,
                    output_kinds(analysis.model), w, steps, config.seed, progress,
                    step_hook=schedule.after_step, before_step=schedule.before_step)
