@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import UserError
+from onnxprune.graph import graph_inputs, static_shape
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -162,21 +163,11 @@ def open_data(source: Any, specs: list[InputSpec], options: ImageOptions = Image
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """Non-initializer graph inputs; a dynamic batch dim becomes 1, any other must be static."""
-    inits = {i.name for i in model.graph.initializer}
     specs = []
-    for vi in (i for i in model.graph.input if i.name not in inits):
+    for vi in graph_inputs(model):
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.shape.dim:
             raise UserError(f"input {vi.name!r} has no tensor shape: pass --input-shape")
-        shape = []
-        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(d.dim_value)
-            elif axis == 0:
-                shape.append(1)
-            else:
-                raise UserError(f"input {vi.name!r} has a dynamic dimension "
-                                f"{d.dim_param or '?'!r} at axis {axis}: pass --input-shape "
-                                f"(e.g. 1x3x224x224)")
+        shape = static_shape(vi)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
         specs.append(InputSpec(vi.name, tuple(shape), dtype))
     return specs

@@ -1,7 +1,7 @@
 """Fine-tuning an ONNX model in torch: supervised, or distilled from the original without labels.
 
 Objectives (per batch, mean over samples):
-- labels:     L = CE(z_student, y) on the classifier output (`losses.output_kinds`);
+- labels:     L = CE(z_student, y) on the classifier output (`onnxprune.outputs`);
 - no labels:  knowledge distillation from the original model (Hinton et al. 2015):
               L = T² · KL(softmax(z_teacher / T) ‖ softmax(z_student / T)) for classifier
               outputs, plus the mean squared error for every other float output.

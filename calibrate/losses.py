@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onnxprune.outputs import OutputKind, first_classifier, output_kinds
-
-__all__ = ["OutputKind", "output_kinds", "per_sample_loss"]
+from onnxprune.outputs import OutputKind, first_classifier
 
 
 def _log_probs(output: torch.Tensor, kind: OutputKind) -> torch.Tensor:

@@ -15,12 +15,13 @@ import torch
 
 from onnxprune.batch import make_batch_free
 from onnxprune.config import CalibrationConfig, Criterion
+from onnxprune.outputs import output_kinds
 from onnxprune.units import Channels
 
 from .data import Batch, CalibrationData
 from .distributed import World, all_reduce_sum, to_device, world
 from .executor import OnnxModule
-from .losses import output_kinds, per_sample_loss
+from .losses import per_sample_loss
 from .progress import Progress
 from .sites import mask_sites, scored_units
 from .statistics import BatchAxisMismatch, SiteMasks, Totals

@@ -109,8 +109,6 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
         except ImportError as exc:
             raise UserError(f"fine-tuning needs torch ({exc}): pip install 'onnxprune[torch]'"
                             ) from None
-        if data is None:
-            raise UserError("fine-tuning needs data (--data)")
         return prune_with_recovery(model, config, data)
     timings = {}
     analysis = analyze(model, config.input_shapes)

@@ -130,6 +130,20 @@ def parse_input_shapes(text: str | None, input_names: list[str]) -> dict[str, tu
     return shapes
 
 
+def static_shape(inp: onnx.ValueInfoProto) -> list[int]:
+    """The input's dims with a dynamic batch (axis 0) as 1; any other dynamic dim is an error."""
+    shape = []
+    for axis, d in enumerate(inp.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            shape.append(d.dim_value)
+        elif axis == 0:
+            shape.append(1)
+        else:
+            raise UserError(f"input {inp.name!r} has a dynamic dimension {d.dim_param or '?'!r} "
+                            f"at axis {axis}: pass --input-shape (e.g. 1x3x640x640)")
+    return shape
+
+
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
     """Give every graph input a static shape, in place."""
     for inp in graph_inputs(model):
@@ -140,16 +154,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
                 raise UserError(f"--input-shape for {inp.name!r} has rank {len(new)}, "
                                 f"the model's input has rank {len(dims)}")
         else:
-            new = []
-            for axis, d in enumerate(dims):
-                if d.HasField("dim_value") and d.dim_value > 0:
-                    new.append(d.dim_value)
-                elif axis == 0:
-                    new.append(1)
-                else:
-                    raise UserError(f"input {inp.name!r} has a dynamic dimension "
-                                    f"{d.dim_param or '?'!r} at axis {axis}: pass "
-                                    f"--input-shape (e.g. 1x3x640x640)")
+            new = static_shape(inp)
         for d, v in zip(dims, new):
             d.Clear()
             d.dim_value = int(v)

@@ -120,11 +120,14 @@ def _calibration_line(result) -> str:
             f"{cal.data}; labels: {cal.labels}; {cal.mode}\n")
 
 
+def _bn_line(result) -> str:
+    samples = getattr(result, "bn_samples", None)
+    return f"  BatchNormalization statistics re-estimated on {samples} samples\n" if samples else ""
+
+
 def _recovery_lines(result) -> str:
     """Fine-tuning and fidelity on held-out data (the oracle line is about the slicing)."""
     rec = getattr(result, "recovery", None)
-    if getattr(result, "bn_samples", None):
-        return f"  BatchNormalization statistics re-estimated on {result.bn_samples} samples\n"
     if rec is None:
         return ""
     ft = rec.finetune
@@ -154,7 +157,7 @@ def prune_summary(result, output: str) -> str:
               else "")
     return (f"pruned -> {output}\n{_calibration_line(result)}"
             f"{cost_table(result.plan.before, result.plan.after)}\n"
-            f"{_recovery_lines(result)}"
+            f"{_bn_line(result)}{_recovery_lines(result)}"
             f"  oracle{sliced}: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
             + ("" if result.verdict.precision == "float32" else
                f"; float32 rounding noise {result.verdict.float32_error:.2e}, decided in float64")

@@ -21,26 +21,17 @@ QUICK = LatencyConfig(runs=3, warmup=1, table_runs=2)
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    """Latency tables go to a fresh cache, never to ~/.cache."""
-    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    path = tmp_path / "net.onnx"
-    onnx.save(small_resnet(width=64, size=32, batch=1), path)  # layers outweigh overheads
-    return path
+def cache(isolated_cache):
+    return isolated_cache
 
 
 def _files(folder):
     return sorted(p.name for p in folder.iterdir() if p.name != "cache")
 
 
-def test_bench_adds_latency_to_report_and_summary(model_path, tmp_path, capsys):
+def test_bench_adds_latency_to_report_and_summary(latency_net, tmp_path, capsys):
     report = tmp_path / "r.json"
-    assert main([str(model_path), "--target-mem", "0.5", "--bench", "ort-cpu", *FAST,
+    assert main([str(latency_net), "--target-mem", "0.5", "--bench", "ort-cpu", *FAST,
                  "--bench-threads", "1", "--report", str(report)]) == 0
     assert "latency on ort-cpu" in capsys.readouterr().out
     lat = json.loads(report.read_text())["latency"]
@@ -52,22 +43,22 @@ def test_bench_adds_latency_to_report_and_summary(model_path, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("target", [["--target-mem", "0.5"], ["--target-latency", "0.7"]])
-def test_unavailable_backend_exits_2_before_any_work(target, model_path, tmp_path, capsys,
+def test_unavailable_backend_exits_2_before_any_work(target, latency_net, tmp_path, capsys,
                                                      monkeypatch):
     if unavailable_reason(BackendKind.TENSORRT) is None:
         pytest.skip("TensorRT is available here")
     monkeypatch.setattr(api, "prune", lambda *a, **k: pytest.fail("pruned before the check"))
     before = _files(tmp_path)
-    argv = [str(model_path), *target, "--bench", "tensorrt", "--report", str(tmp_path / "r.json")]
+    argv = [str(latency_net), *target, "--bench", "tensorrt", "--report", str(tmp_path / "r.json")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tensorrt backend unavailable" in err
     assert _files(tmp_path) == before
 
 
-def test_target_latency_reports_predicted_and_measured(model_path, tmp_path, capsys):
+def test_target_latency_reports_predicted_and_measured(latency_net, tmp_path, capsys):
     report = tmp_path / "r.json"
-    assert main([str(model_path), "--target-latency", "0.7", *FAST, "--report", str(report)]) == 0
+    assert main([str(latency_net), "--target-latency", "0.7", *FAST, "--report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "latency target 0.7" in out and "latency ms, predicted" in out
     record = json.loads(report.read_text())
@@ -182,10 +173,10 @@ def test_target_latency_replans_on_a_miss(ratios, chosen, met, monkeypatch):
     assert ("MISSES" in measure.summary_lines(extra)) is not met
 
 
-def test_plots_option_writes_files(model_path, tmp_path, capsys):
+def test_plots_option_writes_files(latency_net, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     folder = tmp_path / "plots"
-    assert main([str(model_path), "--target-mem", "0.5", "--bench", "ort-cpu", *FAST,
+    assert main([str(latency_net), "--target-mem", "0.5", "--bench", "ort-cpu", *FAST,
                  "--plots", str(folder)]) == 0
     assert _files(folder) == ["costs.png", "groups.png", "summary.md"]
     assert "## Latency" in (folder / "summary.md").read_text()
@@ -193,13 +184,13 @@ def test_plots_option_writes_files(model_path, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["plots is a file", "bench runs", "bench threads",
                                   "bad backend"])
-def test_latency_option_errors(case, model_path, tmp_path, capsys):
+def test_latency_option_errors(case, latency_net, tmp_path, capsys):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     extra = {"plots is a file": ["--plots", str(afile)], "bench runs": ["--bench-runs", "0"],
              "bench threads": ["--bench-threads", "0"], "bad backend": ["--bench", "gpu9000"]}[case]
     before = _files(tmp_path)
-    assert main([str(model_path), "--target-latency", "0.7", *extra]) == 2
+    assert main([str(latency_net), "--target-latency", "0.7", *extra]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert _files(tmp_path) == before
 

@@ -15,25 +15,18 @@ FAST = ["--bench-runs", "3"]
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    path = tmp_path / "net.onnx"
-    onnx.save(small_resnet(width=64, size=32, batch=1), path)  # layers outweigh overheads
-    return path
+def cache(isolated_cache):
+    return isolated_cache
 
 
 def _files(folder):
     return sorted(p.name for p in folder.iterdir() if p.name != "cache")
 
 
-def test_sweep_writes_models_json_png_md(model_path, tmp_path, capsys):
+def test_sweep_writes_models_json_png_md(latency_net, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
-    assert main(["sweep", str(model_path), "--targets", "0.6,0.9", "--round-to", "1",
+    assert main(["sweep", str(latency_net), "--targets", "0.6,0.9", "--round-to", "1",
                  "--out", str(out), *FAST]) == 0
     assert _files(out) == ["net.mem-0.6.onnx", "net.mem-0.9.onnx", "sweep.json", "sweep.md",
                            "sweep.png"]
@@ -51,10 +44,10 @@ def test_sweep_writes_models_json_png_md(model_path, tmp_path, capsys):
         onnx.checker.check_model(onnx.load(p["output"]))
 
 
-def test_sweep_default_folder_and_latency_kind(model_path, capsys):
-    assert main(["sweep", str(model_path), "--targets", "0.8", "--target-kind", "latency",
+def test_sweep_default_folder_and_latency_kind(latency_net, capsys):
+    assert main(["sweep", str(latency_net), "--targets", "0.8", "--target-kind", "latency",
                  *FAST]) == 0
-    folder = model_path.with_name("net.sweep")
+    folder = latency_net.with_name("net.sweep")
     assert "net.latency-0.8.onnx" in _files(folder)
     record = json.loads((folder / "sweep.json").read_text())
     assert record["target_kind"] == "latency" and record["normalize"] == "latency"
@@ -72,12 +65,12 @@ def test_accuracy_hook():
 
 @pytest.mark.parametrize("case", ["unreachable", "bad fraction", "duplicate", "out is a file",
                                   "unavailable backend"])
-def test_sweep_errors_write_nothing(case, model_path, tmp_path, capsys):
+def test_sweep_errors_write_nothing(case, latency_net, tmp_path, capsys):
     if case == "unavailable backend" and unavailable_reason(BackendKind.TENSORRT) is None:
         pytest.skip("TensorRT is available here")
     afile = tmp_path / "file.txt"
     afile.write_text("x")
-    m = str(model_path)
+    m = str(latency_net)
     argv = {"unreachable": [m, "--targets", "0.9,0.001"],
             "bad fraction": [m, "--targets", "0.5,1.5"],
             "duplicate": [m, "--targets", "0.5,0.5"],

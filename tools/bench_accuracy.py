@@ -28,23 +28,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import onnx
+import torch
 
-from calibrate.data import input_specs, open_data  # noqa: E402
-from calibrate.distributed import world  # noqa: E402
-from calibrate.recover import finetune_model  # noqa: E402
-from models.fashion import (  # noqa: E402
+from calibrate.data import input_specs, open_data
+from calibrate.distributed import world
+from calibrate.recover import finetune_model
+from models.fashion import (
     cached_fashion_model,
     evaluate_onnx,
     export_onnx,
     load_torch_model,
 )
-from models.fashion_data import load_fashion, to_input  # noqa: E402
-from onnxprune.api import analyze, prune  # noqa: E402
-from onnxprune.bench.onnxruntime import latency_interleaved  # noqa: E402
-from onnxprune.config import (  # noqa: E402
+from models.fashion_data import load_fashion, to_input
+from onnxprune.api import analyze, prune
+from onnxprune.bench.onnxruntime import latency_interleaved
+from onnxprune.config import (
     CalibrationConfig,
     Criterion,
     FinetuneConfig,
@@ -63,7 +63,7 @@ OURS = [("onnxprune fisher", Criterion.FISHER, Schedule.ONESHOT),
 THEIRS = [("Torch-Pruning GroupTaylor", "taylor"), ("Torch-Pruning GroupMagnitude", "magnitude")]
 
 
-def _finetune_config(args, seed: int, schedule=Schedule.ONESHOT) -> FinetuneConfig:
+def _finetune_config(args, schedule=Schedule.ONESHOT) -> FinetuneConfig:
     return FinetuneConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0,
                           schedule=schedule, prune_every=args.gfp_every,
                           prune_count=args.gfp_count)
@@ -73,7 +73,7 @@ def _ours(path, target, criterion, schedule, seed, args, data):
     config = PruneConfig(Target(TargetKind.MEM, target), criterion=criterion, seed=seed,
                          calibration=CalibrationConfig(batch_size=args.batch,
                                                        max_batches=args.calib // args.batch),
-                         finetune=_finetune_config(args, seed, schedule))
+                         finetune=_finetune_config(args, schedule))
     return prune(str(path), config, data=data).model
 
 
@@ -116,7 +116,7 @@ def _theirs(kind, target, seed, args, data, calib, base_mem, tmp: Path):
         raise SystemExit(f"Torch-Pruning {kind} cannot reach M {target}")
     normalised = analyze(best).model
     config = PruneConfig(Target(TargetKind.MEM, target), seed=seed,
-                         finetune=_finetune_config(args, seed))
+                         finetune=_finetune_config(args))
     tuned, _ = finetune_model(normalised, normalised, data, config, world("cpu"), args.steps,
                               False)
     return tuned
