@@ -24,6 +24,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from onnxprune import external
 from onnxprune.errors import UserError
 
 from .ops import OPS, Spec, Unsupported
@@ -297,11 +298,8 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 
 def _to_array(init: onnx.TensorProto) -> np.ndarray:
-    if init.data_location == onnx.TensorProto.EXTERNAL and not init.HasField("raw_data"):
-        raise UnsupportedModel(f"initializer {init.name!r} has external data that is not "
-                               f"loaded (onnx.load with load_external_data=True)")
     try:
-        return numpy_helper.to_array(init)
+        return external.value(init)  # lazy weights (onnxprune/external.py) are read here
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise UnsupportedModel(f"initializer {init.name!r}: cannot read it ({exc})") from None
 

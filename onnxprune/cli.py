@@ -173,6 +173,7 @@ def _shapes(args, model) -> dict:
 
 
 def run_prune(argv: list[str]) -> int:
+    from .external import has_lazy
     from .graph import load, save_atomic
     from .latency.measure import prune_measured, summary_lines
     from .report import prune_record, prune_summary, write_json_atomic
@@ -190,7 +191,7 @@ def run_prune(argv: list[str]) -> int:
     result, extra = prune_measured(model, config, data=args.data, bench=bool(args.bench))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
         return 0
-    save_atomic(result.model, output)
+    save_atomic(result.model, output, external=has_lazy(model))
     record = {**prune_record(result, config, args.model, str(output)), **extra}
     if args.report:
         write_json_atomic(record, args.report)

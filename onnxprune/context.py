@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .external import is_lazy, view
+
 
 @dataclass(frozen=True)
 class Space:
@@ -57,8 +59,11 @@ class Ctx:
         """The value of an initializer input, or None for activations and absent inputs."""
         if not name or name not in self._inits:
             return None
+        init = self._inits[name]
+        if is_lazy(init):  # mapped, not read, and not cached: rules look at its shape
+            return view(init)
         if name not in self._values:
-            self._values[name] = numpy_helper.to_array(self._inits[name])
+            self._values[name] = numpy_helper.to_array(init)
         return self._values[name]
 
     def space(self, name: str) -> Space | None:

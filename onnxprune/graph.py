@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from .errors import UserError
+from .external import has_lazy, resolve, sources, write_external
 
 MIN_OPSET = 11
 _TWO_GB = 2**31 - 1
@@ -35,38 +36,80 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node or not model.opset_import:
         raise UserError(f"{p}: not an ONNX model (no graph nodes or no opset)")
     try:
-        onnx.load_external_data_for_model(model, str(p.parent))
+        resolve(model, p.parent)  # large weights stay on disk until needed (external.py)
     except Exception as exc:
         raise UserError(f"{p}: cannot read its external data ({_first_line(exc)})") from None
     return model
 
 
-def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+def save_atomic(model: onnx.ModelProto, path: str | os.PathLike,
+                external: bool = False) -> None:
     """Write to a temporary file in the target folder, then rename: never a partial file.
 
-    Models over 2 GB are written with one external-data file beside them.
+    With `external`, or when the model has lazy weights (external.py) or is over 2 GB, the
+    initializers go to one external-data file beside it, streamed tensor by tensor. That file
+    is renamed into place before the model; when overwriting an earlier output, it takes a name
+    the earlier model does not use, so a kill at any point leaves the earlier model whole.
     """
     p = Path(path)
     if not p.parent.is_dir():
         raise UserError(f"{p.parent}: output folder does not exist")
+    earlier = _data_names(p) & set(_data_candidates(p))
+    if external or has_lazy(model) or model.ByteSize() > _TWO_GB:
+        name = _save_external(model, p, earlier)
+    else:
+        name = None
+        _replace_with(p, lambda tmp: onnx.save(model, tmp))
+    for stale in earlier - {name}:  # data files of the model this one replaced
+        if (p.parent / stale).resolve() not in sources(model):
+            (p.parent / stale).unlink(missing_ok=True)
+
+
+def _replace_with(p: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
-    os.chmod(tmp, default_file_mode())
-    tmp_data = p.parent / f".{p.name}.data.tmp"
     try:
-        if model.ByteSize() > _TWO_GB or _has_external_data(model):
-            data_name = p.name + ".data"
-            onnx.save(model, tmp, save_as_external_data=True, location=tmp_data.name,
-                      all_tensors_to_one_file=True, size_threshold=1024)
-            _rename_external(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, p.parent / data_name)
-        else:
-            onnx.save(model, tmp)
+        os.chmod(tmp, default_file_mode())
+        write(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        tmp_data.unlink(missing_ok=True)
         raise
+
+
+def _data_candidates(p: Path) -> list[str]:
+    return [f"{p.name}.data", f"{p.name}.2.data", f"{p.name}.3.data"]
+
+
+def _save_external(model: onnx.ModelProto, p: Path, earlier: set[str]) -> str:
+    """Write with a data file the earlier model at `p` and the input do not use; its name."""
+    candidates = _data_candidates(p)
+    busy = earlier | {c for c in candidates if (p.parent / c).resolve() in sources(model)}
+    name = next((c for c in candidates if c not in busy), None)
+    if name is None:
+        raise UserError(f"{p}: its external-data names are all in use by the input")
+    tmp_data = p.parent / f".{name}.tmp"
+
+    def write(tmp: str) -> None:
+        try:
+            write_external(model, tmp, tmp_data, name)
+            os.chmod(tmp_data, default_file_mode())
+            os.replace(tmp_data, p.parent / name)
+        finally:
+            tmp_data.unlink(missing_ok=True)
+
+    _replace_with(p, write)
+    return name
+
+
+def _data_names(p: Path) -> set[str]:
+    """External-data file names the model now at `p` (if any) refers to."""
+    try:
+        old = onnx.load(str(p), load_external_data=False)
+    except Exception:  # no earlier model, or not one we can read: nothing to protect
+        return set()
+    return {e.value for t in old.graph.initializer for e in t.external_data
+            if e.key == "location"}
 
 
 def default_file_mode() -> int:
@@ -74,19 +117,6 @@ def default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def _rename_external(model_path: str, old: str, new: str) -> None:
-    model = onnx.load(model_path, load_external_data=False)
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save(model, model_path)
-
-
-def _has_external_data(model: onnx.ModelProto) -> bool:
-    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
 
 
 def _first_line(exc: BaseException) -> str:

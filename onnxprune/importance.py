@@ -11,8 +11,8 @@ Gemm output columns and bias). Data criteria (fisher, hrank, taylor) are compute
 from __future__ import annotations
 
 import numpy as np
-from onnx import numpy_helper
 
+from . import external
 from .config import Criterion
 from .errors import UserError
 from .flow import Role
@@ -20,10 +20,19 @@ from .units import Channels
 
 
 def _slice_norms(value: np.ndarray, axis: int, criterion: Criterion) -> np.ndarray:
-    others = tuple(a for a in range(value.ndim) if a != axis)
-    if criterion is Criterion.L1:
-        return np.abs(value).sum(axis=others, dtype=np.float64)
-    return np.sqrt(np.square(value).sum(axis=others, dtype=np.float64))
+    """L1 or L2 norm of every slice along `axis`, in blocks of about 64 MB: a weight as large
+    as the model must not get a same-sized temporary (external.py's memory goal)."""
+    moved = np.moveaxis(value, axis, 0)
+    n = moved.shape[0]
+    step = max(1, (64 << 20) // max(1, moved[0].nbytes))
+    norms = np.empty(n)
+    for start in range(0, n, step):
+        block = moved[start:start + step].reshape(min(step, n - start), -1)
+        if criterion is Criterion.L1:
+            norms[start:start + step] = np.abs(block).sum(axis=1, dtype=np.float64)
+        else:
+            norms[start:start + step] = np.sqrt(np.square(block, dtype=np.float64).sum(axis=1))
+    return norms
 
 
 def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:
@@ -32,7 +41,7 @@ def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:
     for key, info in channels.spaces.items():
         if key[0] != "p" or info.role is not Role.PRODUCER:
             continue
-        value = numpy_helper.to_array(inits[key[1]])
+        value = external.value(inits[key[1]])
         per_node[info.offset:info.offset + info.size] = _slice_norms(value, key[2], criterion)
     return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
 

@@ -16,9 +16,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from . import (
+    external,
+    runtime,  # noqa: F401  (quiets onnxruntime, which the constant folder runs)
+)
 from .context import static_shapes
 from .errors import UserError
-from . import runtime  # noqa: F401  (quiets onnxruntime, which the constant folder runs)
 from .graph import MIN_OPSET, fix_input_shapes, graph_inputs, opset
 from .weights import attach, detach, infer_shapes
 
@@ -115,7 +118,7 @@ def _unshare_uniform_initializers(model: onnx.ModelProto) -> None:
             if name not in seen:
                 seen.add(name)
                 continue
-            value = numpy_helper.to_array(inits[name])
+            value = external.value(inits[name])
             if value.size > 1 and np.all(value == value.reshape(-1)[0]):
                 copy = f"{name}__{node.name}_{slot}"
                 model.graph.initializer.append(numpy_helper.from_array(value, copy))

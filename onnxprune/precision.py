@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from . import external
 
 _LOW = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
@@ -25,7 +26,7 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     for init in graph.initializer:
         if init.data_type in _LOW:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
+            init.CopyFrom(numpy_helper.from_array(external.value(init).astype(np.float64),
                                                   init.name))
     for vi in list(graph.input) + list(graph.output):
         if vi.type.tensor_type.elem_type in _LOW:

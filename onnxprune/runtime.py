@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .external import materialize
 from .graph import graph_inputs
 
 _TWO_GB = 2**31 - 1
@@ -20,6 +21,7 @@ def session(model: onnx.ModelProto, optimize: bool = True, threads: int | None =
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    model = materialize(model)  # lazy weights (external.py) are read for the session
     payload = model.SerializeToString() if model.ByteSize() < _TWO_GB else _spill(model)
     return ort.InferenceSession(payload, opts, providers=["CPUExecutionProvider"])
 

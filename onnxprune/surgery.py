@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .external import value
 from .flow import tensor_key
 from .units import Channels
 from .weights import infer_shapes
@@ -45,7 +46,7 @@ class Edit:
         return np.flatnonzero(~self._removed[info.offset:info.offset + info.size])
 
     def const(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self._inits[name])
+        return value(self._inits[name])
 
     def set_attr(self, node: onnx.NodeProto, name: str, value) -> None:
         self.remove_attr(node, name)
@@ -78,15 +79,15 @@ def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]
         infos = by_init.get(init.name)
         if not infos:
             continue
-        value, changed = numpy_helper.to_array(init), False
+        data, changed = value(init), False
         for info in infos:
             mask = removed_nodes[info.offset:info.offset + info.size]
             if mask.any():
-                value, changed = np.take(value, np.flatnonzero(~mask), axis=info.axis), True
+                data, changed = np.take(data, np.flatnonzero(~mask), axis=info.axis), True
                 slices.append(Slice(init.name, info.axis, np.flatnonzero(mask).tolist(),
                                     info.role.value))
         if changed:
-            init.CopyFrom(numpy_helper.from_array(value, init.name))
+            init.CopyFrom(numpy_helper.from_array(data, init.name))
     return slices
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-LARGE = 1 << 18  # elements (1 MB of float32): shape and index constants stay in the light graph
+from .external import LAZY_MIN_ELEMENTS, value
+
+LARGE = LAZY_MIN_ELEMENTS  # elements (1 MB of float32); shape and index constants stay light
 
 
 def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -56,7 +58,7 @@ def attach(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> onnx.ModelP
 
 
 def feeds_of(large: list[onnx.TensorProto]) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in large}
+    return {t.name: value(t) for t in large}
 
 
 def infer_shapes(model: onnx.ModelProto, data_prop: bool = True) -> onnx.ModelProto:

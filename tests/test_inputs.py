@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny import Units, conv, make, node, prunes_exactly, small_resnet
 
 from onnxprune.cli import main
-from tiny import Units, conv, make, node, prunes_exactly, small_resnet
 
 
 def _one_line_exit_2(argv, capsys, folder, expect):
@@ -92,19 +93,21 @@ g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
 model = helper.make_model(g)
 print("ready", flush=True)
 while True:
-    save_atomic(model, sys.argv[1])
+    save_atomic(model, sys.argv[1], external=sys.argv[3] == "external")
 """
 
 
-def test_killed_while_writing_leaves_old_or_no_file(tmp_path):
-    """SIGKILL at random moments of a 128 MB write: the output is absent or a complete model."""
+@pytest.mark.parametrize("form", ["inline", "external"])
+def test_killed_while_writing_leaves_old_or_no_file(tmp_path, form):
+    """SIGKILL at random moments of a 128 MB write: the output is absent or a complete model.
+    With external data, never an earlier model beside a newer data file (graph.save_atomic)."""
     out = tmp_path / "out.onnx"
     rng = np.random.default_rng(0)
     for attempt, value in enumerate([1.0, 2.0, 3.0, 4.0]):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), str(value)],
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), str(value), form],
                                 stdout=subprocess.PIPE)
         assert proc.stdout.readline().startswith(b"ready")
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.05, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if out.exists():
