@@ -7,22 +7,32 @@ Every row prunes the same trained model (models/fashion.py) to the same feature-
 is then fine-tuned with the same budget (`--steps` steps of `--batch` labelled training images,
 SGD + Nesterov, cosine lr, by `calibrate.finetune`), and evaluated on the 10,000 test images.
 - onnxprune: fisher (oneshot and gfp), hrank, taylor, l1, random; scoring on `--calib` training
-  images; gfp removes `--gfp-count` units every `--gfp-every` steps, so that it reaches the
-  target within the budget.
+  images; gfp removes `--gfp-count` units every `--gfp-every` steps (by default as many as
+  reach the target in half the budget, judged by how many units one-shot fisher removed).
 - Torch-Pruning (`torch-pruning` package): GroupTaylorImportance and GroupMagnitudeImportance
-  on the original PyTorch model, global pruning, the ratio bisected until our cost model's M of
+  on the original PyTorch model, global pruning (channel by channel), the ratio bisected until our cost model's M of
   its exported ONNX meets the target; the classifier is not pruned. Its ONNX is fine-tuned by
   the same code as ours.
+Our rows use `--round-to 8` where that can reach the target, else the largest of 4, 2, 1 that
+can (ResNet-20 cannot reach M 0.3 keeping 8 channels per layer); the table header says which.
 Columns: top-1 (mean ± std over seeds), M, MACs, params (ratios from our cost model) and
 onnxruntime CPU latency (median of interleaved runs, first seed's models, batch 1).
+
+Every run appends one JSON line to `--workdir`/results.jsonl and keeps its model there, so an
+interrupted benchmark resumes where it stopped (a run is keyed by model, target, row, seed,
+steps, batch and lr) and the tables can be re-printed from what is stored.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +63,7 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
+from onnxprune.planner import reachable_minimum
 
 OURS = [("onnxprune fisher", Criterion.FISHER, Schedule.ONESHOT),
         ("onnxprune fisher gfp", Criterion.FISHER, Schedule.GFP),
@@ -63,18 +74,29 @@ OURS = [("onnxprune fisher", Criterion.FISHER, Schedule.ONESHOT),
 THEIRS = [("Torch-Pruning GroupTaylor", "taylor"), ("Torch-Pruning GroupMagnitude", "magnitude")]
 
 
-def _finetune_config(args, schedule=Schedule.ONESHOT) -> FinetuneConfig:
+def _finetune_config(args, schedule=Schedule.ONESHOT, prune_count=1) -> FinetuneConfig:
     return FinetuneConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0,
                           schedule=schedule, prune_every=args.gfp_every,
-                          prune_count=args.gfp_count)
+                          prune_count=prune_count)
 
 
-def _ours(path, target, criterion, schedule, seed, args, data):
+def _ours(path, target, criterion, schedule, seed, args, data, prune_count=1):
+    """(fine-tuned model, record): units removed, and the GFP schedule's own record."""
     config = PruneConfig(Target(TargetKind.MEM, target), criterion=criterion, seed=seed,
-                         calibration=CalibrationConfig(batch_size=args.batch,
+                         round_to=args.round_to, calibration=CalibrationConfig(batch_size=args.batch,
                                                        max_batches=args.calib // args.batch),
-                         finetune=_finetune_config(args, schedule))
-    return prune(str(path), config, data=data).model
+                         finetune=_finetune_config(args, schedule, prune_count))
+    result = prune(str(path), config, data=data)
+    return result.model, {"units_removed": int(result.plan.removed.sum()),
+                          "gfp": result.recovery.gfp}
+
+
+def _gfp_count(args, oneshot_units: int) -> int:
+    """Units per GFP removal so that the target is reached in the half budget pruning gets."""
+    if args.gfp_count:
+        return args.gfp_count
+    removals = max(1, (args.steps // 2) // args.gfp_every)
+    return max(1, math.ceil(oneshot_units / removals))
 
 
 def _tp_prune(net, kind: str, ratio: float, calib: tuple[np.ndarray, np.ndarray]):
@@ -119,7 +141,41 @@ def _theirs(kind, target, seed, args, data, calib, base_mem, tmp: Path):
                          finetune=_finetune_config(args))
     tuned, _ = finetune_model(normalised, normalised, data, config, world("cpu"), args.steps,
                               False)
-    return tuned
+    return tuned, {"tp_ratio": high}
+
+
+class Store:
+    """results.jsonl plus one ONNX per run in `workdir`; finished runs are not run again."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.path = workdir / "results.jsonl"
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.runs = {r["key"]: r for r in map(json.loads, lines)}
+
+    @staticmethod
+    def key(args, target, label, seed) -> str:
+        return (f"{args.model_name}|{target}|{label}|{seed}|rt={args.round_to}|steps={args.steps}|"
+                f"batch={args.batch}|lr={args.lr}")
+
+    def run(self, key: str, make) -> dict:
+        if key in self.runs and (self.dir / self.runs[key]["file"]).exists():
+            return self.runs[key]
+        start = time.perf_counter()
+        model, record = make()
+        name = "".join(c if c.isalnum() else "-" for c in key) + ".onnx"
+        tmp = self.dir / (name + ".tmp")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, self.dir / name)
+        record.update(key=key, file=name, top1=evaluate_onnx(model),
+                      seconds=round(time.perf_counter() - start, 1))
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.runs[key] = record
+        print(f"  {key}: top-1 {100 * record['top1']:.2f} % "
+              f"({record['seconds']:.0f} s)", flush=True)
+        return record
 
 
 def _cell(values: list[float]) -> str:
@@ -128,19 +184,67 @@ def _cell(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def _table(name, target, rows, base_path, base_costs, args) -> None:
-    firsts = [models[0] for _, models, _ in rows]
+def _table(name, target, rows, base_path, base_costs, args, store: Store) -> None:
+    firsts = [str(store.dir / records[0]["file"]) for _, records in rows]
     stats = latency_interleaved([str(base_path)] + firsts, runs=args.runs, threads=1)
-    print(f"\n### {name}, --target-mem {target}, fine-tuned {args.steps} steps × {args.batch}\n")
+    print(f"\n### {name}, --target-mem {target} --round-to {args.round_to}, fine-tuned "
+          f"{args.steps} steps × {args.batch}\n")
     print("| method | top-1 % | M | MACs | params | latency ms (speed-up) |\n"
           "|---|---|---|---|---|---|")
     base_ms = stats[0].median_ms
     print(f"| original | {_cell([args.base_acc])} | 1 | 1 | 1 | {base_ms:.3f} |")
-    for (label, models, accs), lat in zip(rows, stats[1:]):
-        c = analyze(models[0]).costs.costs()
-        print(f"| {label} | {_cell(accs)} | {c.mem / base_costs.mem:.3f} | "
-              f"{c.macs / base_costs.macs:.3f} | {c.params / base_costs.params:.3f} | "
+    for (label, records), first, lat in zip(rows, firsts, stats[1:]):
+        c = analyze(first).costs.costs()
+        print(f"| {label} | {_cell([r['top1'] for r in records])} | "
+              f"{c.mem / base_costs.mem:.3f} | {c.macs / base_costs.macs:.3f} | "
+              f"{c.params / base_costs.params:.3f} | "
               f"{lat.median_ms:.3f} ({base_ms / lat.median_ms:.2f}×) |", flush=True)
+
+
+def _rows(target, args, store: Store, data, calib, base_mem, tmp: Path) -> list:
+    wanted = set(args.only.split(",")) if args.only else None
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for label, criterion, schedule in OURS:
+        if wanted and label not in wanted:
+            continue
+        records = []
+        for seed in seeds:
+            count = 1
+            if schedule is Schedule.GFP:
+                oneshot = store.run(store.key(args, target, OURS[0][0], seed),
+                                    lambda s=seed: _ours(args.base_path, target, Criterion.FISHER,
+                                                         Schedule.ONESHOT, s, args, data))
+                count = _gfp_count(args, oneshot["units_removed"])
+            records.append(store.run(
+                store.key(args, target, label, seed),
+                lambda s=seed, c=count, cr=criterion, sc=schedule: _ours(
+                    args.base_path, target, cr, sc, s, args, data, c)))
+        rows.append((label, records))
+    for label, kind in THEIRS:
+        if wanted and label not in wanted:
+            continue
+        rows.append((label, [store.run(store.key(args, target, label, seed),
+                                       lambda s=seed, k=kind: _theirs(k, target, s, args, data,
+                                                                      calib, base_mem, tmp))
+                             for seed in seeds]))
+    return rows
+
+
+def _round_to(base, target: float) -> int:
+    """8 (the CLI default) where it can reach the target, else the largest of 4, 2, 1 that can:
+    every row of a table then prunes with the same channel rounding."""
+    for round_to in (8, 4, 2, 1):
+        floor = reachable_minimum(base.channels, base.groups, base.costs, round_to)
+        if floor.mem <= target * base.costs.costs().mem:
+            return round_to
+    raise SystemExit(f"--target-mem {target} is below what can be removed")
+
+
+def _default_workdir() -> Path:
+    root = os.environ.get("ONNXPRUNE_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "onnxprune"
+    return base / "bench-accuracy"
 
 
 def main() -> int:
@@ -154,37 +258,29 @@ def main() -> int:
     p.add_argument("--train", type=int, default=20000, help="training images for fine-tuning")
     p.add_argument("--calib", type=int, default=1024, help="images for scoring")
     p.add_argument("--gfp-every", type=int, default=5)
-    p.add_argument("--gfp-count", type=int, default=4)
+    p.add_argument("--gfp-count", type=int, default=0,
+                   help="units per GFP removal (0: enough to reach the target in half the budget)")
     p.add_argument("--runs", type=int, default=50, help="latency runs per model")
     p.add_argument("--only", default="", help="comma-separated method labels to run")
+    p.add_argument("--workdir", type=Path, default=_default_workdir(),
+                   help="results.jsonl and the models; finished runs are reused")
     args = p.parse_args()
+    store = Store(args.workdir)
     images, labels = load_fashion("train")
     pick = np.random.default_rng(0).permutation(len(labels))[:args.train]
     x, y = to_input(images[pick]), labels[pick]
     calib = (x[:256], y[:256])
     for name in args.models.split(","):
         args.model_name = name
-        base_path = cached_fashion_model(name)
-        base = analyze(str(base_path))
-        args.base_acc = evaluate_onnx(base_path)
+        args.base_path = cached_fashion_model(name)
+        base = analyze(str(args.base_path))
+        args.base_acc = evaluate_onnx(args.base_path)
         data = open_data([({"input": x}, y)], input_specs(base.model))
         for target in (float(t) for t in args.targets.split(",")):
-            rows = []
+            args.round_to = _round_to(base, target)
             with tempfile.TemporaryDirectory() as tmp:
-                for label, criterion, schedule in OURS:
-                    if args.only and label not in args.only.split(","):
-                        continue
-                    models = [_ours(base_path, target, criterion, schedule, int(s), args, data)
-                              for s in args.seeds.split(",")]
-                    rows.append((label, models, [evaluate_onnx(m) for m in models]))
-                for label, kind in THEIRS:
-                    if args.only and label not in args.only.split(","):
-                        continue
-                    models = [_theirs(kind, target, int(s), args, data, calib,
-                                      base.costs.costs().mem, Path(tmp))
-                              for s in args.seeds.split(",")]
-                    rows.append((label, models, [evaluate_onnx(m) for m in models]))
-                _table(name, target, rows, base_path, base.costs.costs(), args)
+                rows = _rows(target, args, store, data, calib, base.costs.costs().mem, Path(tmp))
+            _table(name, target, rows, args.base_path, base.costs.costs(), args, store)
     return 0
 
 
