@@ -3,25 +3,25 @@
 The unpruned model trains with a mask of ones at every site (`sites.py`); the masks' gradients
 give each step's per-sample g_{n,u} (for the batch-mean loss, g = N · ∂L/∂m), and
 F_u += Σ_n g_{n,u}². Every `prune_every` steps (paper: 25 for classification) the
-`prune_count` alive units with the lowest F_u / ΔM_u (or / ΔMACs, per `--normalize`) get mask
-0 for good, and the accumulators are reset. A layer group never drops below one rounding unit,
-as in the one-shot planner. The schedule stops when the target is met. Under torchrun the
+`prune_count` chunks of alive units with the lowest ΣF_u / ΣΔM_u (or ΔMACs, per `--normalize`)
+get mask 0 for good, and the accumulators are reset. Units go in `--round-to` chunks and a layer group
+never drops below one rounding unit, as in the one-shot planner (`--round-to 1`: the paper's
+single channels). The schedule stops when the target is met. Under torchrun the
 accumulators are all-reduced before each decision, so every rank removes the same units.
 
 Pruning may use at most half of the step budget, so that the sliced network always gets the
 other half to recover; if the target is not met by then, the rest is removed at once by the
-last accumulated scores (reported as `removed_without_training`). Then the network, whose masked channels are exactly
-the removed ones, is sliced and checked by the exactness oracle with its trained weights.
+last accumulated scores (reported as `removed_without_training`). Then the network, whose
+masked channels are exactly the removed ones, is sliced and checked by the exactness oracle with its trained weights.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from onnxprune.planner import Removal, cost_value, unit_normaliser
+from onnxprune.planner import Removal, chunk_shape, cost_value, unit_normaliser
 
 from .distributed import World, all_reduce_sum
 from .sites import mask_sites, scored_units
@@ -30,11 +30,17 @@ from .statistics import SiteMasks
 
 @dataclass
 class GfpState:
-    """Which units are gone, the running Fisher sums, and the cost bookkeeping."""
+    """Which units are gone, the running Fisher sums, and the cost bookkeeping.
+
+    Units go in rounding chunks, as in the one-shot planner: a layer group whose width is a
+    multiple of `--round-to` loses `chunk` units at a time (the alive ones with the lowest
+    F / ΔM), so its width stays a multiple of it; `--round-to 1` is the paper's one at a time.
+    """
     units: np.ndarray            # scored unit ids (mask columns)
     norm: np.ndarray             # ΔM (or ΔMACs) per column
-    floor_left: np.ndarray       # per column: how many more units its layer group may lose
-    group_of: np.ndarray         # per column: index into floor_left
+    members: list[np.ndarray]    # per layer group: its columns
+    chunk: np.ndarray            # per layer group: units per removal
+    chunks_left: np.ndarray      # per layer group: removals it may still take
     removal: Removal
     goal: float
     fisher: np.ndarray = field(init=False)
@@ -46,19 +52,30 @@ class GfpState:
         self.alive = np.ones(len(self.units), dtype=bool)
 
     def candidates(self) -> np.ndarray:
-        return np.flatnonzero(self.alive & (self.floor_left[self.group_of] > 0))
+        """Alive columns of the layer groups that may still lose a chunk."""
+        cols = [m[self.alive[m]] for g, m in enumerate(self.members) if self.chunks_left[g] > 0]
+        return np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+
+    def next_chunk(self, group: int) -> np.ndarray:
+        cols = self.members[group][self.alive[self.members[group]]]
+        order = np.argsort(self.fisher[cols] / self.norm[cols], kind="stable")
+        return cols[order[:self.chunk[group]]]
 
     def remove_lowest(self, count: int, step: int | None) -> int:
+        """Remove `count` chunks, each the one with the lowest ΣF / ΣΔM; returns units removed."""
         removed = 0
         for _ in range(count):
-            pool = self.candidates()
-            if len(pool) == 0:
+            open_groups = np.flatnonzero(self.chunks_left > 0)
+            if len(open_groups) == 0:
                 break
-            col = int(pool[np.argmin(self.fisher[pool] / self.norm[pool])])
-            self.alive[col] = False
-            self.floor_left[self.group_of[col]] -= 1
-            self.removal.remove(self.units[[col]])
-            removed += 1
+            chunks = [self.next_chunk(int(g)) for g in open_groups]
+            scores = [self.fisher[c].sum() / self.norm[c].sum() for c in chunks]
+            best = int(np.argmin(scores))
+            cols = chunks[best]
+            self.alive[cols] = False
+            self.chunks_left[open_groups[best]] -= 1
+            self.removal.remove(self.units[cols])
+            removed += len(cols)
         if removed:
             self.log.append(step)
         return removed
@@ -68,16 +85,16 @@ def _state(analysis, config, units: np.ndarray) -> GfpState:
     channels, costs = analysis.channels, analysis.costs
     norm = np.maximum(unit_normaliser(channels, costs, config.normalize)[units], 1e-12)
     column = {int(u): i for i, u in enumerate(units.tolist())}
-    group_of = np.zeros(len(units), dtype=np.int64)
-    floors = []
+    members, chunk, chunks_left = [], [], []
     for g in analysis.groups:
-        members = [column[int(u)] for u in g.units if int(u) in column]
-        group_of[members] = len(floors)
-        keep = min(len(g.units), max(1, math.ceil(config.round_to / g.channels_per_unit)))
-        floors.append(max(0, min(len(members), len(g.units) - keep)))
+        cols = np.array([column[int(u)] for u in g.units if int(u) in column], dtype=np.int64)
+        size, keep = chunk_shape(g, config.round_to)
+        members.append(cols)
+        chunk.append(size)
+        chunks_left.append(max(0, min(len(cols), len(g.units) - keep)) // size)
     before = costs.costs()
     goal = config.target.fraction * cost_value(before, config.target.kind)
-    return GfpState(units, norm, np.array(floors, dtype=np.int64), group_of,
+    return GfpState(units, norm, members, np.array(chunk), np.array(chunks_left),
                     Removal(channels, costs), goal)
 
 

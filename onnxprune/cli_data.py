@@ -50,7 +50,8 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     f.add_argument("--prune-every", type=int, default=25, metavar="D",
                    help="gfp: steps between removals (paper: 25 for classification)")
     f.add_argument("--prune-count", type=int, default=1, metavar="K",
-                   help="gfp: units removed each time")
+                   help="gfp: chunks removed each time (a chunk: --round-to channels of one "
+                        "layer group, or one unit where the group's width is not a multiple)")
     f.add_argument("--holdout", type=int, default=500, metavar="N",
                    help="samples kept out of training to measure fidelity (default 500)")
 

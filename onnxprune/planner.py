@@ -59,13 +59,19 @@ class _Chunks:
         return self.order[self.taken * self.size:(self.taken + 1) * self.size]
 
 
-def _chunks(group: LayerGroup, blocked: np.ndarray, unit_score: np.ndarray, round_to: int):
-    units = group.units[~blocked[group.units]]
+def chunk_shape(group: LayerGroup, round_to: int) -> tuple[int, int]:
+    """(units per chunk, units the group keeps at least) under `--round-to`: a group whose
+    width is a multiple of it loses whole multiples; every group keeps one rounding unit."""
     per_unit = group.channels_per_unit
     size = 1
     if round_to > 1 and group.channels % round_to == 0:
         size = round_to // math.gcd(round_to, per_unit)
-    keep = min(len(group.units), max(1, math.ceil(round_to / per_unit)))
+    return size, min(len(group.units), max(1, math.ceil(round_to / per_unit)))
+
+
+def _chunks(group: LayerGroup, blocked: np.ndarray, unit_score: np.ndarray, round_to: int):
+    units = group.units[~blocked[group.units]]
+    size, keep = chunk_shape(group, round_to)
     removable = min(len(units), len(group.units) - keep)
     order = units[np.argsort(unit_score[units], kind="stable")]
     return _Chunks(group, order, size, max(removable // size, 0))

@@ -131,6 +131,26 @@ def test_gfp_removes_the_lowest_normalised_fisher_first_and_stops_at_target(task
     assert len(order) == int((~state.alive).sum())
 
 
+def test_gfp_removes_round_to_chunks_and_keeps_one(task):
+    """--round-to 4 on the 16-channel residual group: each removal takes the 4 alive units with
+    the lowest F / ΔM together; the group keeps 4 channels at least (3 removals, then none)."""
+    model, _, _ = task
+    analysis = analyze(model)
+    config = PruneConfig(Target(TargetKind.MEM, 0.1), round_to=4,
+                         finetune=FinetuneConfig(steps=10, schedule=Schedule.GFP))
+    module = OnnxModule(make_batch_free(analysis.model)[0])
+    state = GfpSchedule(analysis, config, module, world("cpu")).state
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        state.fisher[:] = rng.random(len(state.units))
+        pool = state.candidates()
+        lowest = pool[np.argsort(state.fisher[pool] / state.norm[pool])[:4]]
+        assert state.remove_lowest(1, None) == 4
+        assert not state.alive[lowest].any()
+        assert (~state.alive).sum() % 4 == 0
+    assert state.remove_lowest(1, None) == 0 and state.alive.sum() == 4
+
+
 def test_gfp_needs_fisher(task):
     model, x, y = task
     from onnxprune.errors import UserError

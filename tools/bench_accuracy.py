@@ -7,7 +7,7 @@ Every row prunes the same trained model (models/fashion.py) to the same feature-
 is then fine-tuned with the same budget (`--steps` steps of `--batch` labelled training images,
 SGD + Nesterov, cosine lr, by `calibrate.finetune`), and evaluated on the 10,000 test images.
 - onnxprune: fisher (oneshot and gfp), hrank, taylor, l1, random; scoring on `--calib` training
-  images; gfp removes `--gfp-count` units every `--gfp-every` steps (by default as many as
+  images; gfp removes `--gfp-count` chunks every `--gfp-every` steps (by default as many as
   reach the target in half the budget, judged by how many units one-shot fisher removed).
 - Torch-Pruning (`torch-pruning` package): GroupTaylorImportance and GroupMagnitudeImportance
   on the original PyTorch model, global pruning (channel by channel), the ratio bisected until our cost model's M of
@@ -92,11 +92,12 @@ def _ours(path, target, criterion, schedule, seed, args, data, prune_count=1):
 
 
 def _gfp_count(args, oneshot_units: int) -> int:
-    """Units per GFP removal so that the target is reached in the half budget pruning gets."""
+    """Chunks per GFP removal so that the target is reached in the half budget pruning gets,
+    judged by one-shot Fisher's unit count (chunks of `round_to` units where widths allow)."""
     if args.gfp_count:
         return args.gfp_count
     removals = max(1, (args.steps // 2) // args.gfp_every)
-    return max(1, math.ceil(oneshot_units / removals))
+    return max(1, math.ceil(oneshot_units / args.round_to / removals))
 
 
 def _tp_prune(net, kind: str, ratio: float, calib: tuple[np.ndarray, np.ndarray]):
