@@ -6,7 +6,8 @@
 Every row prunes the same trained model (models/fashion.py) to the same feature-map memory and
 is then fine-tuned with the same budget (`--steps` steps of `--batch` labelled training images,
 SGD + Nesterov, cosine lr, by `calibrate.finetune`), and evaluated on the 10,000 test images.
-- onnxprune: fisher (oneshot and gfp), hrank, taylor, l1, random; scoring on `--calib` training
+- onnxprune: fisher (oneshot, gfp, and oneshot at --round-to 1, channel by channel like
+  Torch-Pruning), hrank, taylor, l1, random; scoring on `--calib` training
   images; gfp removes `--gfp-count` chunks every `--gfp-every` steps (by default as many as
   reach the target in half the budget, judged by how many units one-shot fisher removed).
 - Torch-Pruning (`torch-pruning` package): GroupTaylorImportance and GroupMagnitudeImportance
@@ -33,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +67,22 @@ from onnxprune.config import (
 )
 from onnxprune.planner import reachable_minimum
 
-OURS = [("onnxprune fisher", Criterion.FISHER, Schedule.ONESHOT),
-        ("onnxprune fisher gfp", Criterion.FISHER, Schedule.GFP),
-        ("onnxprune hrank", Criterion.HRANK, Schedule.ONESHOT),
-        ("onnxprune taylor", Criterion.TAYLOR, Schedule.ONESHOT),
-        ("onnxprune l1", Criterion.L1, Schedule.ONESHOT),
-        ("onnxprune random", Criterion.RANDOM, Schedule.ONESHOT)]
+
+@dataclass(frozen=True)
+class Ours:
+    label: str
+    criterion: Criterion
+    schedule: Schedule = Schedule.ONESHOT
+    round_to: int | None = None  # None: the table's --round-to
+
+
+OURS = [Ours("onnxprune fisher", Criterion.FISHER),
+        Ours("onnxprune fisher gfp", Criterion.FISHER, Schedule.GFP),
+        Ours("onnxprune fisher, round-to 1", Criterion.FISHER, round_to=1),
+        Ours("onnxprune hrank", Criterion.HRANK),
+        Ours("onnxprune taylor", Criterion.TAYLOR),
+        Ours("onnxprune l1", Criterion.L1),
+        Ours("onnxprune random", Criterion.RANDOM)]
 THEIRS = [("Torch-Pruning GroupTaylor", "taylor"), ("Torch-Pruning GroupMagnitude", "magnitude")]
 
 
@@ -80,13 +92,13 @@ def _finetune_config(args, schedule=Schedule.ONESHOT, prune_count=1) -> Finetune
                           prune_count=prune_count)
 
 
-def _ours(path, target, criterion, schedule, seed, args, data, prune_count=1):
+def _ours(row: Ours, target, seed, args, data, prune_count=1):
     """(fine-tuned model, record): units removed, and the GFP schedule's own record."""
-    config = PruneConfig(Target(TargetKind.MEM, target), criterion=criterion, seed=seed,
-                         round_to=args.round_to, calibration=CalibrationConfig(batch_size=args.batch,
-                                                       max_batches=args.calib // args.batch),
-                         finetune=_finetune_config(args, schedule, prune_count))
-    result = prune(str(path), config, data=data)
+    calibration = CalibrationConfig(batch_size=args.batch, max_batches=args.calib // args.batch)
+    config = PruneConfig(Target(TargetKind.MEM, target), criterion=row.criterion, seed=seed,
+                         round_to=row.round_to or args.round_to, calibration=calibration,
+                         finetune=_finetune_config(args, row.schedule, prune_count))
+    result = prune(str(args.base_path), config, data=data)
     return result.model, {"units_removed": int(result.plan.removed.sum()),
                           "gfp": result.recovery.gfp}
 
@@ -156,9 +168,9 @@ class Store:
         self.runs = {r["key"]: r for r in map(json.loads, lines)}
 
     @staticmethod
-    def key(args, target, label, seed) -> str:
-        return (f"{args.model_name}|{target}|{label}|{seed}|rt={args.round_to}|steps={args.steps}|"
-                f"batch={args.batch}|lr={args.lr}")
+    def key(args, target, label, seed, round_to=None) -> str:
+        return (f"{args.model_name}|{target}|{label}|{seed}|rt={round_to or args.round_to}|"
+                f"steps={args.steps}|batch={args.batch}|lr={args.lr}")
 
     def run(self, key: str, make) -> dict:
         if key in self.runs and (self.dir / self.runs[key]["file"]).exists():
@@ -206,22 +218,20 @@ def _rows(target, args, store: Store, data, calib, base_mem, tmp: Path) -> list:
     wanted = set(args.only.split(",")) if args.only else None
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for label, criterion, schedule in OURS:
-        if wanted and label not in wanted:
+    for row in OURS:
+        if wanted and row.label not in wanted:
             continue
         records = []
         for seed in seeds:
             count = 1
-            if schedule is Schedule.GFP:
-                oneshot = store.run(store.key(args, target, OURS[0][0], seed),
-                                    lambda s=seed: _ours(args.base_path, target, Criterion.FISHER,
-                                                         Schedule.ONESHOT, s, args, data))
+            if row.schedule is Schedule.GFP:
+                oneshot = store.run(store.key(args, target, OURS[0].label, seed),
+                                    lambda s=seed: _ours(OURS[0], target, s, args, data))
                 count = _gfp_count(args, oneshot["units_removed"])
             records.append(store.run(
-                store.key(args, target, label, seed),
-                lambda s=seed, c=count, cr=criterion, sc=schedule: _ours(
-                    args.base_path, target, cr, sc, s, args, data, c)))
-        rows.append((label, records))
+                store.key(args, target, row.label, seed, row.round_to),
+                lambda s=seed, c=count, r=row: _ours(r, target, s, args, data, c)))
+        rows.append((row.label, records))
     for label, kind in THEIRS:
         if wanted and label not in wanted:
             continue
