@@ -11,6 +11,7 @@ import onnx
 from .config import Criterion, PruneConfig
 from .cost import CostModel
 from .errors import UserError
+from .external import sources
 from .graph import load
 from .groups import LayerGroup, layer_groups
 from .importance import data_free_scores
@@ -49,7 +50,12 @@ class PruneResult:
 
 
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else load(model)
+    if not isinstance(model, onnx.ModelProto):
+        return load(model)
+    if any(not p.is_absolute() for p in sources(model)):
+        raise UserError("the model's external data is not loaded: pass its path, or "
+                        "onnx.load it with its external data")
+    return model
 
 
 def analyze(model: onnx.ModelProto | str | os.PathLike,

@@ -166,7 +166,7 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def sources(model: onnx.ModelProto) -> set[Path]:
-    """The files lazy tensors read from."""
+    """The files lazy tensors read from (absolute once `resolve` has run)."""
     return {_location(t)[0] for t in model.graph.initializer if is_lazy(t)}
 
 

@@ -101,6 +101,15 @@ def test_output_never_overwrites_the_inputs_data_file(tmp_path):
     assert {k: v for k, v in _digest(tmp_path).items() if k in before} == before
 
 
+def test_a_model_proto_with_unloaded_external_data_is_refused(tmp_path):
+    from onnxprune.api import analyze
+    from onnxprune.errors import UserError
+
+    stubbed = onnx.load(str(_saved(tmp_path)), load_external_data=False)
+    with pytest.raises(UserError, match="external data is not loaded"):
+        analyze(stubbed)
+
+
 @pytest.mark.parametrize("damage, expect", [
     ("truncate", "shorter than the tensor"),
     ("escape", "not a path inside the model's folder"),
