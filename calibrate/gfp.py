@@ -16,6 +16,7 @@ masked channels are exactly the removed ones, is sliced and checked by the exact
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -43,6 +44,7 @@ class GfpState:
     chunks_left: np.ndarray      # per layer group: removals it may still take
     removal: Removal
     goal: float
+    cost: Callable[[np.ndarray], float]  # the target's cost of the kept channel counts
     fisher: np.ndarray = field(init=False)
     alive: np.ndarray = field(init=False)
     log: list = field(default_factory=list)
@@ -61,10 +63,16 @@ class GfpState:
         order = np.argsort(self.fisher[cols] / self.norm[cols], kind="stable")
         return cols[order[:self.chunk[group]]]
 
+    def reached(self) -> bool:
+        return self.cost(self.removal.kept) <= self.goal
+
     def remove_lowest(self, count: int, step: int | None) -> int:
-        """Remove `count` chunks, each the one with the lowest ΣF / ΣΔM; returns units removed."""
+        """Remove up to `count` chunks, each the one with the lowest ΣF / ΣΔM, stopping once the
+        target is met (so `--prune-count` never overshoots it); returns units removed."""
         removed = 0
         for _ in range(count):
+            if self.reached():
+                break
             open_groups = np.flatnonzero(self.chunks_left > 0)
             if len(open_groups) == 0:
                 break
@@ -92,10 +100,10 @@ def _state(analysis, config, units: np.ndarray) -> GfpState:
         members.append(cols)
         chunk.append(size)
         chunks_left.append(max(0, min(len(cols), len(g.units) - keep)) // size)
-    before = costs.costs()
-    goal = config.target.fraction * cost_value(before, config.target.kind)
+    kind = config.target.kind
+    goal = config.target.fraction * cost_value(costs.costs(), kind)
     return GfpState(units, norm, members, np.array(chunk), np.array(chunks_left),
-                    Removal(channels, costs), goal)
+                    Removal(channels, costs), goal, lambda kept: cost_value(costs.costs(kept), kind))
 
 
 class GfpSchedule:
@@ -106,12 +114,11 @@ class GfpSchedule:
         self.state = _state(analysis, config, scored_units(sites, analysis.channels.blocked))
         self.masks = SiteMasks(sites, self.state.units, world.device)
         self.module, self.world, self.config = module, world, config
-        self.costs, self.kind = analysis.costs, config.target.kind
         self.prune_steps = prune_steps  # pruning stops here at the latest (finish() completes)
         self.n = 0
 
     def reached(self) -> bool:
-        return cost_value(self.costs.costs(self.state.removal.kept), self.kind) <= self.state.goal
+        return self.state.reached()
 
     def before_step(self, n: int) -> torch.Tensor:
         self.n = n

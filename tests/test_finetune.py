@@ -151,6 +151,28 @@ def test_gfp_removes_round_to_chunks_and_keeps_one(task):
     assert state.remove_lowest(1, None) == 0 and state.alive.sum() == 4
 
 
+def test_gfp_prune_count_stops_at_the_target(task):
+    """A removal of many chunks at once stops as soon as the target is met (no overshoot)."""
+    model, _, _ = task
+    analysis = analyze(model)
+    module = OnnxModule(make_batch_free(analysis.model)[0])
+
+    def state():
+        st = GfpSchedule(analysis, _config(Schedule.GFP), module, world("cpu")).state
+        st.fisher[:] = np.linspace(1.0, 2.0, len(st.units))
+        return st
+
+    at_once = state()
+    n = at_once.remove_lowest(1000, None)
+    assert at_once.reached() and n > 1
+    one_by_one = state()
+    for _ in range(n - 1):
+        one_by_one.remove_lowest(1, None)
+    assert not one_by_one.reached()
+    assert one_by_one.remove_lowest(1, None) == 1
+    np.testing.assert_array_equal(one_by_one.alive, at_once.alive)
+
+
 def test_gfp_needs_fisher(task):
     model, x, y = task
     from onnxprune.errors import UserError
