@@ -14,12 +14,11 @@ from __future__ import annotations
 import onnx
 import torch
 
-from onnxprune.batch import make_batch_free
+from calibrate.data import CalibrationData
+from calibrate.distributed import all_reduce_sum, to_device, world
 from onnxprune.config import CalibrationConfig
 from onnxprune.errors import UserError
-
-from .data import CalibrationData
-from .distributed import all_reduce_sum, to_device, world
+from onnxprune.model.batch import make_batch_free
 
 
 def _recorders(module, model: onnx.ModelProto, sums: dict):
@@ -41,7 +40,7 @@ def _recorders(module, model: onnx.ModelProto, sums: dict):
 def recalibrate_bn(model: onnx.ModelProto, data: CalibrationData, config: CalibrationConfig
                    ) -> tuple[onnx.ModelProto, int]:
     """(model with re-estimated BN statistics, samples used). The model must be batch-free."""
-    from .executor import OnnxModule
+    from calibrate.executor import OnnxModule
 
     free, why = make_batch_free(model)
     if why is not None:

@@ -46,8 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from onnxprune.errors import UserError
-from onnxprune.graph import graph_inputs, static_shape
+from onnxprune.errors import UserError, first_line
+from onnxprune.model.graph import graph_inputs, static_shape
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -145,7 +145,7 @@ def open_data(source: Any, specs: list[InputSpec], options: ImageOptions = Image
         if not path.exists():
             raise UserError(f"{path}: no such file or folder")
         if path.is_dir():
-            from .images import open_folder  # Pillow, only for image folders
+            from calibrate.images import open_folder  # Pillow, only for image folders
 
             return open_folder(path, specs, options, no_labels)
         if path.suffix.lower() == ".npz":
@@ -271,7 +271,7 @@ def _open_npz(path: Path, specs: list[InputSpec], no_labels: bool) -> Calibratio
             arrays = {name: z[key] for name, key in names.items()}
             labels = z[LABELS] if LABELS in keys and not no_labels else None
     except _READ_ERRORS as exc:
-        raise UserError(f"{path}: not a readable .npz of numeric arrays ({_first_line(exc)})") \
+        raise UserError(f"{path}: not a readable .npz of numeric arrays ({first_line(exc)})") \
             from None
     return _arrays_data(arrays, labels, specs, str(path), path.name)
 
@@ -286,9 +286,9 @@ def _open_npy(path: Path, specs: list[InputSpec]) -> CalibrationData:
         if "pickle" in str(exc) or "Python objects" in str(exc):
             raise UserError(f"{path}: holds pickled Python objects, not a numeric array "
                             f"(pickle loading is disabled)") from None
-        raise UserError(f"{path}: not a readable .npy ({_first_line(exc)})") from None
+        raise UserError(f"{path}: not a readable .npy ({first_line(exc)})") from None
     except _READ_ERRORS as exc:
-        raise UserError(f"{path}: not a readable .npy ({_first_line(exc)})") from None
+        raise UserError(f"{path}: not a readable .npy ({first_line(exc)})") from None
     if not isinstance(array, np.ndarray):
         raise UserError(f"{path}: is a .npz archive, not a .npy array")
     return _arrays_data({specs[0].name: array}, None, specs, str(path), path.name)
@@ -335,8 +335,3 @@ def _split_item(item: Any, specs: list[InputSpec], origin: str) -> tuple[dict, A
         a = np.asarray(item[s.name])
         inputs[s.name] = a[None] if a.shape == s.shape[1:] else a  # one sample
     return inputs, labels
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

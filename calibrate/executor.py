@@ -24,10 +24,9 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from onnxprune import external
+from calibrate.ops import OPS, Spec, Unsupported
 from onnxprune.errors import UserError
-
-from .ops import OPS, Spec, Unsupported
+from onnxprune.model import external
 
 _SCHEMA_DEFAULTS: dict[tuple[str, int], tuple[int, dict]] = {}
 _CONTROL_SLOTS = {"Resize": (1, 2, 3), "Upsample": (1,)}  # float inputs that are not weights

@@ -1,7 +1,7 @@
 """Fine-tuning an ONNX model in torch: supervised, or distilled from the original without labels.
 
 Objectives (per batch, mean over samples):
-- labels:     L = CE(z_student, y) on the classifier output (`onnxprune.outputs`);
+- labels:     L = CE(z_student, y) on the classifier output (`onnxprune.model.outputs`);
 - no labels:  knowledge distillation from the original model (Hinton et al. 2015):
               L = T² · KL(softmax(z_teacher / T) ‖ softmax(z_student / T)) for classifier
               outputs, plus the mean squared error for every other float output.
@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from calibrate.data import CalibrationData
+from calibrate.distributed import World, to_device
+from calibrate.progress import Progress
 from onnxprune.config import FinetuneConfig, Optimizer
 from onnxprune.errors import UserError
-from onnxprune.outputs import OutputKind, first_classifier
-
-from .data import CalibrationData
-from .distributed import World, to_device
-from .progress import Progress
+from onnxprune.model.outputs import OutputKind, first_classifier
 
 
 @dataclass

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from onnxprune.planner import Removal, chunk_shape, cost_value, unit_normaliser
-
-from .distributed import World, all_reduce_sum
-from .sites import mask_sites, scored_units
-from .statistics import SiteMasks
+from calibrate.distributed import World, all_reduce_sum
+from calibrate.sites import mask_sites, scored_units
+from calibrate.statistics import SiteMasks
+from onnxprune.plan.planner import Removal, chunk_shape, cost_value, unit_normaliser
 
 
 @dataclass

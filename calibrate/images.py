@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from onnxprune.errors import UserError
-
-from .data import (
+from calibrate.data import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -19,8 +17,8 @@ from .data import (
     ChannelOrder,
     ImageOptions,
     InputSpec,
-    _first_line,
 )
+from onnxprune.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ def _read_image(path: Path, prep: _ImagePrep) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("L" if prep.gray else "RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read image ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot read image ({first_line(exc)})") from None
     (rh, rw), (w0, h0) = prep.resize, im.size
     if rh / h0 >= rw / w0:  # the height binds (int() truncates as torchvision's Resize)
         nh, nw = rh, max(rw, int(w0 * rh / h0))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onnxprune.outputs import OutputKind, first_classifier
+from onnxprune.model.outputs import OutputKind, first_classifier
 
 
 def _log_probs(output: torch.Tensor, kind: OutputKind) -> torch.Tensor:

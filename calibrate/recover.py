@@ -17,12 +17,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from onnxprune.batch import make_batch_free
+from calibrate.data import CalibrationData
+from calibrate.distributed import World, world
+from calibrate.executor import OnnxModule
+from calibrate.finetune import FinetuneLog, finetune, total_steps
+from calibrate.gfp import GfpSchedule, with_weights
 from onnxprune.config import Criterion, Normalize, PruneConfig, Schedule
 from onnxprune.errors import UserError
-from onnxprune.fidelity import fidelity
-from onnxprune.outputs import output_kinds
-from onnxprune.planner import (
+from onnxprune.model.batch import make_batch_free
+from onnxprune.model.outputs import output_kinds
+from onnxprune.plan.planner import (
     Plan,
     Removal,
     TargetUnreachable,
@@ -31,14 +35,9 @@ from onnxprune.planner import (
     unit_normaliser,
     unreachable_message,
 )
-from onnxprune.surgery import apply_plan
-from onnxprune.verify import check_model, verify
-
-from .data import CalibrationData
-from .distributed import World, world
-from .executor import OnnxModule
-from .finetune import FinetuneLog, finetune, total_steps
-from .gfp import GfpSchedule, with_weights
+from onnxprune.rewrite.surgery import apply_plan
+from onnxprune.verify.fidelity import fidelity
+from onnxprune.verify.oracle import check_model, verify
 
 
 @dataclass

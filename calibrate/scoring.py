@@ -1,6 +1,6 @@
 """The calibration pass: run the ONNX model in torch on the user's data and score every unit.
 
-The normalised model (the one the channel analysis saw) is made batch-free (`onnxprune.batch`)
+The normalised model (the one the channel analysis saw) is made batch-free (`onnxprune.model.batch`)
 and executed as a torch module; masks or rank recorders sit at every site (`sites.py`), and
 `statistics.py` holds the formulas. Models that only run at their static batch are
 calibrated one sample at a time, with the same result. Under torchrun each process takes every
@@ -13,18 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from onnxprune.batch import make_batch_free
+from calibrate.data import Batch, CalibrationData
+from calibrate.distributed import World, all_reduce_sum, to_device, world
+from calibrate.executor import OnnxModule
+from calibrate.losses import per_sample_loss
+from calibrate.progress import Progress
+from calibrate.sites import mask_sites, scored_units
+from calibrate.statistics import BatchAxisMismatch, SiteMasks, Totals
+from onnxprune.analysis.units import Channels
 from onnxprune.config import CalibrationConfig, Criterion
-from onnxprune.outputs import output_kinds
-from onnxprune.units import Channels
-
-from .data import Batch, CalibrationData
-from .distributed import World, all_reduce_sum, to_device, world
-from .executor import OnnxModule
-from .losses import per_sample_loss
-from .progress import Progress
-from .sites import mask_sites, scored_units
-from .statistics import BatchAxisMismatch, SiteMasks, Totals
+from onnxprune.model.batch import make_batch_free
+from onnxprune.model.outputs import output_kinds
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.flow import Role, tensor_key
-from onnxprune.units import Channels
+from onnxprune.analysis.flow import Role, tensor_key
+from onnxprune.analysis.units import Channels
 
 
 @dataclass(frozen=True)

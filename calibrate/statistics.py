@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from calibrate.sites import Site
 from onnxprune.config import Criterion
-
-from .sites import Site
 
 
 class BatchAxisMismatch(RuntimeError):

@@ -57,10 +57,10 @@ import onnx
 import torch
 from torch import nn
 
-from models.fashion_data import MEAN, STD, load_fashion, to_input, write_npz
-from models.fashion_nets import MODELS, build_model
-from models.zoo import Exporter, quiet
 from onnxprune.errors import UserError
+from onnxprune.models.fashion_data import MEAN, STD, load_fashion, to_input, write_npz
+from onnxprune.models.fashion_nets import MODELS, build_model
+from onnxprune.models.zoo import Exporter, quiet
 
 DEFAULT_EPOCHS = {"resnet20": 6, "mobilenetv2_small": 4}
 DEFAULT_LR = {"resnet20": 0.1, "mobilenetv2_small": 0.1}
@@ -317,11 +317,11 @@ def evaluate_onnx(path: str | os.PathLike[str] | onnx.ModelProto, split: str = "
                   n: int | None = None, batch_size: int = 500) -> float:
     """Top-1 accuracy in onnxruntime (CPU) on the first `n` images of `split` (all if None).
 
-    The exported models are batch-1 static: `onnxprune.batch.make_batch_free` gives a copy
+    The exported models are batch-1 static: `onnxprune.model.batch.make_batch_free` gives a copy
     that runs `batch_size` images at a time (proven against batch-1 runs); where no such copy
     exists the images run one by one."""
-    from onnxprune.batch import make_batch_free
-    from onnxprune.runtime import session
+    from onnxprune.model.batch import make_batch_free
+    from onnxprune.model.runtime import session
 
     model = path if isinstance(path, onnx.ModelProto) else onnx.load(str(path))
     images, labels = load_fashion(split)

@@ -158,7 +158,7 @@ def _atomic(path: Path, write: Callable[[str], None]) -> Path:
 
 def _quiet():
     """models.zoo's quiet(), imported late: it needs torch, which the OCR models do not."""
-    from models.zoo import quiet
+    from onnxprune.models.zoo import quiet
 
     return quiet("ultralytics")
 
@@ -229,7 +229,7 @@ def build_yolo(name: str):
     from ultralytics import YOLO
     from ultralytics.nn.modules import C2f, Detect
 
-    from models.zoo import calibrate_batchnorm
+    from onnxprune.models.zoo import calibrate_batchnorm
 
     torch.manual_seed(SEED)
     with _quiet():

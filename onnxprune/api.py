@@ -8,18 +8,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .config import Criterion, PruneConfig
-from .cost import CostModel
-from .errors import UserError
-from .external import sources
-from .graph import load
-from .groups import LayerGroup, layer_groups
-from .importance import data_free_scores
-from .normalize import normalize
-from .planner import Plan, plan_pruning, plan_uniform_rate
-from .surgery import Slice, apply_plan
-from .units import Channels, find_channels
-from .verify import Verdict, verify
+from onnxprune.analysis.cost import CostModel
+from onnxprune.analysis.groups import LayerGroup, layer_groups
+from onnxprune.analysis.normalize import normalize
+from onnxprune.analysis.units import Channels, find_channels
+from onnxprune.config import Criterion, PruneConfig
+from onnxprune.errors import UserError
+from onnxprune.model.external import sources
+from onnxprune.model.io import load
+from onnxprune.plan.importance import data_free_scores
+from onnxprune.plan.planner import Plan, plan_pruning, plan_uniform_rate
+from onnxprune.rewrite.surgery import Slice, apply_plan
+from onnxprune.verify.oracle import Verdict, verify
 
 
 @dataclass
@@ -120,7 +120,7 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
     analysis = analyze(model, config.input_shapes)
     timings["analyze"] = analysis.seconds
     if config.uses_latency:  # per-layer latency table (cached): Costs.latency exists from here
-        from .latency import attach
+        from onnxprune.latency import attach
 
         tick = time.perf_counter()
         attach(analysis, config.latency, config.seed)

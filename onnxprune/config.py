@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # onnxprune.latency imports onnxruntime; config stays light
-    from .latency import LatencyConfig
+    from onnxprune.latency import LatencyConfig
 
 
 class TargetKind(enum.Enum):

@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class VerificationError(Exception):
     """The pruned model is not the original minus the removed channels: never written."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type name."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,6 +1,7 @@
 """Fixtures shared by the latency and sweep tests."""
 import onnx
 import pytest
+
 from tiny import small_resnet
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from onnxprune.batch import batch_free, make_batch_free
-from onnxprune.runtime import session
+from onnxprune.model.batch import batch_free, make_batch_free
+from onnxprune.model.runtime import session
 from tiny import make, node, small_resnet
 
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tiny import make, node, small_resnet
 
-from onnxprune import plots
 from onnxprune.api import prune
 from onnxprune.bench import backends
 from onnxprune.bench.backends import BackendKind, BackendUnavailable, unavailable_reason
 from onnxprune.bench.cli import main, run_bench
 from onnxprune.config import PruneConfig, Target, TargetKind
 from onnxprune.errors import UserError
-from onnxprune.report import prune_record
+from onnxprune.report import plots
+from onnxprune.report.record import prune_record
+from tiny import make, node, small_resnet
 
 FAST = ["--runs", "3", "--warmup", "1", "--threads", "1"]
 GPU_KINDS = [BackendKind.ORT_CUDA, BackendKind.ORT_TRT, BackendKind.TENSORRT]
@@ -220,7 +220,7 @@ def test_plots_without_matplotlib(record, tmp_path, monkeypatch):
 
 def test_bench_cli_and_plots_import_no_optional_packages():
     """torch, tensorrt and matplotlib load only when a backend or a plot asks for them."""
-    code = ("import sys, onnxprune.bench.cli, onnxprune.plots; "
+    code = ("import sys, onnxprune.bench.cli, onnxprune.report.plots; "
             "assert not {'torch', 'tensorrt', 'matplotlib'} & set(sys.modules)")
     root = Path(plots.__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True,

@@ -18,6 +18,7 @@ F = torch.nn.functional
 
 from calibrate.data import open_data
 from calibrate.scoring import data_scores
+from onnxprune.analysis.flow import param_key
 from onnxprune.api import analyze, prune
 from onnxprune.config import (
     CalibrationConfig,
@@ -26,7 +27,6 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
-from onnxprune.flow import param_key
 
 N_SAMPLES, BATCH = 12, 4
 
@@ -208,7 +208,7 @@ def test_one_sample_at_a_time_gives_the_batched_scores(setup, monkeypatch, crite
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0",
                                   "squeezenet1_0", "convnext_tiny"])
 def test_zoo_prunes_with_fisher(name, exporter):
-    from models.zoo import Exporter, cached_model, quiet
+    from onnxprune.models.zoo import Exporter, cached_model, quiet
 
     with quiet():
         path = cached_model(name, Exporter(exporter), image_size=64)

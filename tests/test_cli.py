@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 from tiny import small_resnet
 
 
@@ -140,7 +140,7 @@ def test_console_script_runs_without_traceback(model_path):
 
 def test_prunes_on_a_machine_without_torch(model_path):
     code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-            "from onnxprune.cli import main\n"
+            "from onnxprune.cli.main import main\n"
             f"code = main([{str(model_path)!r}, '--target-mem', '0.5'])\n"
             "assert sys.modules['torch'] is None\n"
             "raise SystemExit(code)")

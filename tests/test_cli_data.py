@@ -6,9 +6,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-from tiny import small_resnet
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
+from tiny import small_resnet
 
 pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")

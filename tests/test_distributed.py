@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+
 from tiny import small_resnet
 
 pytest.importorskip("torch")

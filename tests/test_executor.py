@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from calibrate.executor import OnnxModule, UnsupportedModel
 from onnxprune.errors import UserError
-from onnxprune.runtime import session
+from onnxprune.model.runtime import session
 
 node = helper.make_node
 INT_MAX = 2**63 - 1
@@ -681,7 +681,7 @@ def test_positional_and_keyword_inputs():
 # ---------------------------------------------------------------------------------- the zoo
 
 def _zoo_check(model, shape_text=None):
-    from onnxprune.graph import graph_inputs, parse_input_shapes
+    from onnxprune.model.graph import graph_inputs, parse_input_shapes
 
     names = [i.name for i in graph_inputs(model)]
     shapes = parse_input_shapes(shape_text, names)
@@ -694,7 +694,7 @@ def _zoo_check(model, shape_text=None):
 
 
 def _zoo_params(names, image_size, slow):
-    from models.zoo import Exporter
+    from onnxprune.models.zoo import Exporter
 
     marks = [pytest.mark.slow] if slow else []
     return [pytest.param(n, e, image_size, id=f"{n}-{e.value}-{image_size}", marks=marks)
@@ -703,15 +703,15 @@ def _zoo_params(names, image_size, slow):
 
 def _zoo_cases():
     pytest.importorskip("torchvision")
-    from models.zoo import SMALL_ZOO, ZOO
+    from onnxprune.models.zoo import SMALL_ZOO, ZOO
 
     return _zoo_params(SMALL_ZOO, 64, False) + _zoo_params(ZOO, 224, True)
 
 
 @pytest.mark.parametrize("name, exporter, image_size", _zoo_cases())
 def test_zoo_matches_onnxruntime(name, exporter, image_size):
-    from models.zoo import cached_model
-    from onnxprune.normalize import normalize
+    from onnxprune.analysis.normalize import normalize
+    from onnxprune.models.zoo import cached_model
 
     model = onnx.load(cached_model(name, exporter, image_size=image_size))
     _zoo_check(model)
@@ -719,16 +719,16 @@ def test_zoo_matches_onnxruntime(name, exporter, image_size):
 
 
 def _other_cases():
-    from models.other import MODELS
+    from onnxprune.models.other import MODELS
 
     return [pytest.param(m, id=m.id, marks=pytest.mark.slow) for m in MODELS]
 
 
 @pytest.mark.parametrize("spec", _other_cases())
 def test_other_frameworks_match_onnxruntime(spec):
-    from models.other import build
-    from onnxprune.graph import graph_inputs, parse_input_shapes
-    from onnxprune.normalize import normalize
+    from onnxprune.analysis.normalize import normalize
+    from onnxprune.model.graph import graph_inputs, parse_input_shapes
+    from onnxprune.models.other import build
 
     pytest.importorskip(spec.package)
     model = onnx.load(build(spec))

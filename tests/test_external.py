@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny import small_resnet
 
-from models.big import build, peak_rss, weight_bytes
-from onnxprune import external
-from onnxprune.cli import main
-from onnxprune.graph import load, save_atomic
-from onnxprune.runtime import random_inputs, run
+from onnxprune.cli.main import main
+from onnxprune.model import external
+from onnxprune.model.io import load, save_atomic
+from onnxprune.model.runtime import random_inputs, run
+from onnxprune.models.big import build, peak_rss, weight_bytes
+from tiny import small_resnet
 
 
 def _saved(tmp_path, name="ext.onnx", location=None, model=None):

@@ -12,9 +12,9 @@ pytest.importorskip("torch")
 
 import torch
 
-from models import fashion, fashion_data
-from models.zoo import Exporter, randomize_norm_layers
 from onnxprune.errors import UserError
+from onnxprune.models import fashion, fashion_data
+from onnxprune.models.zoo import Exporter, randomize_norm_layers
 
 needs_data = pytest.mark.skipif(not fashion_data.available(),
                                 reason="Fashion-MNIST not installed (dataset-fashion-mnist)")
@@ -155,15 +155,15 @@ def test_export_keeps_batchnorm_and_matches_torch(name, exporter, tmp_path):
 def test_evaluate_onnx_batched_equals_per_sample(tmp_path, monkeypatch):
     """Both exporters' graphs evaluate batched (the dynamo Reshape [1, 64] is made
     batch-free); forcing one sample at a time gives the same accuracy."""
-    import onnxprune.batch
+    import onnxprune.model.batch
 
     model = _random_model("resnet20")
     path = fashion.export_onnx(model, tmp_path / "m.onnx")
     dynamo = fashion.export_onnx(model, tmp_path / "d.onnx", Exporter.DYNAMO)
     batched = fashion.evaluate_onnx(path, n=64, batch_size=16)
-    assert onnxprune.batch.make_batch_free(onnx.load(dynamo))[1] is None
+    assert onnxprune.model.batch.make_batch_free(onnx.load(dynamo))[1] is None
     assert fashion.evaluate_onnx(dynamo, n=64) == batched
-    monkeypatch.setattr(onnxprune.batch, "make_batch_free", lambda m: (m, "forced"))
+    monkeypatch.setattr(onnxprune.model.batch, "make_batch_free", lambda m: (m, "forced"))
     assert fashion.evaluate_onnx(path, n=64) == batched
 
 

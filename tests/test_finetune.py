@@ -15,7 +15,6 @@ from calibrate.distributed import world
 from calibrate.executor import OnnxModule
 from calibrate.gfp import GfpSchedule
 from onnxprune.api import analyze, prune
-from onnxprune.batch import make_batch_free
 from onnxprune.config import (
     CalibrationConfig,
     Criterion,
@@ -25,7 +24,8 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
-from onnxprune.runtime import session
+from onnxprune.model.batch import make_batch_free
+from onnxprune.model.runtime import session
 
 N = 256
 
@@ -193,8 +193,9 @@ def test_data_split_is_disjoint(task):
 
 def test_bn_recalibration_gives_population_statistics(task):
     """The first BN's new running mean / variance are those of its input over the data."""
-    from calibrate.bn import recalibrate_bn
     from onnx import numpy_helper
+
+    from calibrate.bn import recalibrate_bn
 
     model, x, _ = task
     normalised = analyze(model).model
@@ -214,7 +215,7 @@ def test_bn_recalibration_gives_population_statistics(task):
 
 
 def test_recalibrate_bn_from_the_cli(task, tmp_path, capsys):
-    from onnxprune.cli import main
+    from onnxprune.cli.main import main
 
     model, x, y = task
     onnx.save(model, tmp_path / "m.onnx")

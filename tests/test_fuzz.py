@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzgraphs import graphs, random_cnn
+from onnxprune.models.fuzzgraphs import graphs, random_cnn
 
 PLAN_SEEDS = st.integers(0, 2**31 - 1)
 COMMON = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

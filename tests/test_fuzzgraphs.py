@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 
-from fuzzgraphs import OPSETS, graphs, random_cnn
+from onnxprune.models.fuzzgraphs import OPSETS, graphs, random_cnn
 
 SEEDS = range(50)
 # Every op the generator can emit; each must show up in the 50 default-size seeds.

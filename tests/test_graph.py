@@ -5,9 +5,9 @@ import numpy as np
 import onnx
 import pytest
 
-import onnxprune.graph as graph
-from onnxprune.graph import save_atomic
-from onnxprune.runtime import random_inputs, run
+import onnxprune.model.graph as graph
+from onnxprune.model.io import save_atomic
+from onnxprune.model.runtime import random_inputs, run
 from tiny import small_resnet
 
 

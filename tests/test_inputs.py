@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny import Units, conv, make, node, prunes_exactly, small_resnet
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
+from tiny import Units, conv, make, node, prunes_exactly, small_resnet
 
 
 def _one_line_exit_2(argv, capsys, folder, expect):
@@ -85,7 +85,7 @@ def test_fp16_model_prunes(tmp_path):
 _WRITER = """
 import sys, numpy as np, onnx
 from onnx import helper, numpy_helper, TensorProto
-from onnxprune.graph import save_atomic
+from onnxprune.model.io import save_atomic
 w = numpy_helper.from_array(np.full((4096, 8192), float(sys.argv[2]), np.float32), "w")
 g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096])],

@@ -5,16 +5,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tiny import make, node, small_resnet
 
 from onnxprune import api
 from onnxprune.bench.backends import BackendKind, unavailable_reason
 from onnxprune.bench.onnxruntime import LatencyStats
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 from onnxprune.config import Normalize, PruneConfig, Target, TargetKind
 from onnxprune.latency import LatencyConfig, LatencyTerm, attach, measure, table
 from onnxprune.latency.layers import GRID, LayerTable, layer_model
 from onnxprune.latency.table import layer_specs
+from tiny import make, node, small_resnet
 
 FAST = ["--bench-runs", "3"]
 QUICK = LatencyConfig(runs=3, warmup=1, table_runs=2)

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from models.other import MODELS, OtherModel, build, load_bench_unseen
-from onnxprune.cli import main
+from onnxprune.cli.main import main
+from onnxprune.models.other import MODELS, OtherModel, build, load_bench_unseen
 
 _ONNX = load_bench_unseen()  # its ONNX helpers (weights incl. Paddle Constants, fix_shapes)
 TARGETS = (0.7, 0.5)
@@ -188,7 +188,7 @@ def _recompute_oracle(source: str, record: dict, pruned, per_channel: bool = Fal
     if per_channel:
         check["channel_error"] = _channel_error(got, want)
     if check["error"] > TOLERANCE:  # float32 noise of a trained model: float64 decides
-        from onnxprune.precision import run_float64
+        from onnxprune.verify.precision import run_float64
 
         outputs = lambda m: dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
         check.update(error=_error(outputs(pruned), outputs(reference)), precision="float64",

@@ -7,9 +7,9 @@ from onnx import numpy_helper
 from onnxprune.api import analyze, prune, random_plan
 from onnxprune.config import Criterion, Normalize, PruneConfig, Target, TargetKind
 from onnxprune.errors import VerificationError
-from onnxprune.planner import TargetUnreachable
-from onnxprune.surgery import apply_plan
-from onnxprune.verify import verify
+from onnxprune.plan.planner import TargetUnreachable
+from onnxprune.rewrite.surgery import apply_plan
+from onnxprune.verify.oracle import verify
 from tiny import small_resnet
 
 
@@ -81,7 +81,7 @@ def test_dynamic_batch_defaults_to_one_and_input_is_untouched():
 
 
 def test_float64_decides_when_float32_noise_exceeds_the_tolerance(monkeypatch):
-    import onnxprune.verify as oracle
+    import onnxprune.verify.oracle as oracle
 
     analysis = analyze(small_resnet(width=32))
     pruned, slices = apply_plan(analysis.channels, random_plan(analysis, np.random.default_rng(5)))
@@ -93,8 +93,8 @@ def test_float64_decides_when_float32_noise_exceeds_the_tolerance(monkeypatch):
 
 
 def test_float64_evaluation_matches_onnxruntime():
-    from onnxprune.precision import run_float64
-    from onnxprune.runtime import random_inputs, run
+    from onnxprune.model.runtime import random_inputs, run
+    from onnxprune.verify.precision import run_float64
 
     model = analyze(small_resnet(width=16)).model
     feeds = random_inputs(model, 0)
@@ -104,7 +104,7 @@ def test_float64_evaluation_matches_onnxruntime():
 def test_uniform_rate_keeps_group_shares_level_and_stops_at_target():
     """HRank's allocation: shares of prunable groups differ by at most one chunk."""
     from onnxprune.api import analyze
-    from onnxprune.planner import plan_uniform_rate
+    from onnxprune.plan.planner import plan_uniform_rate
 
     analysis = analyze(small_resnet(width=32))
     scores = np.random.default_rng(0).random(analysis.channels.n_components)

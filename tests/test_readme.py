@@ -26,7 +26,7 @@ def test_readme_starts_with_two_setup_commands():
 
 def test_readme_demo_runs():
     pytest.importorskip("torch")
-    from models.fashion_data import available
+    from onnxprune.models.fashion_data import available
 
     if not available():
         pytest.skip("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")

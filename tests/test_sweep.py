@@ -3,13 +3,13 @@ import json
 
 import onnx
 import pytest
-from tiny import small_resnet
 
 from onnxprune.bench.backends import BackendKind, unavailable_reason
-from onnxprune.cli import main
+from onnxprune.cli.main import main
+from onnxprune.cli.sweep import sweep, sweep_record, sweep_text
 from onnxprune.config import PruneConfig, Target, TargetKind
 from onnxprune.latency import LatencyConfig
-from onnxprune.sweep import sweep, sweep_record, sweep_text
+from tiny import small_resnet
 
 FAST = ["--bench-runs", "3"]
 

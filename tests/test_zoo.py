@@ -11,9 +11,9 @@ from onnx import numpy_helper
 pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from models.zoo import SMALL_ZOO, ZOO, Exporter, cached_model  # noqa: E402
-from onnxprune.cli import main  # noqa: E402
-from onnxprune.runtime import random_inputs, run  # noqa: E402
+from onnxprune.cli.main import main  # noqa: E402
+from onnxprune.model.runtime import random_inputs, run  # noqa: E402
+from onnxprune.models.zoo import SMALL_ZOO, ZOO, Exporter, cached_model  # noqa: E402
 
 # A model whose target had to be lowered to a documented reachable minimum would be listed
 # here with its reason; every zoo model currently reaches 0.5.

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.analysis.flow import param_key, tensor_key
 from onnxprune.api import analyze, random_plan
-from onnxprune.flow import param_key, tensor_key
-from onnxprune.surgery import apply_plan
-from onnxprune.verify import verify
+from onnxprune.rewrite.surgery import apply_plan
+from onnxprune.verify.oracle import verify
 
 node = helper.make_node
 _RNG = np.random.default_rng(0)

@@ -15,19 +15,16 @@ ideal = original MACs / pruned MACs; achieved/ideal = speed-up / ideal.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.zoo import Exporter, cached_model
 from onnxprune.api import prune
 from onnxprune.bench.onnxruntime import latency_interleaved
 from onnxprune.config import Normalize, PruneConfig, Target, TargetKind
 from onnxprune.errors import UserError
-from onnxprune.graph import save_atomic
+from onnxprune.model.io import save_atomic
+from onnxprune.models.zoo import Exporter, cached_model
 
 HEADER = "| model | variant | M | MACs | latency ms | speed-up | achieved/ideal |"
 DEFAULT_MODELS = "resnet50,mobilenet_v2,resnet18"

@@ -37,9 +37,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import numpy as np
 import onnx
 import torch
@@ -47,13 +44,6 @@ import torch
 from calibrate.data import input_specs, open_data
 from calibrate.distributed import world
 from calibrate.recover import finetune_model
-from models.fashion import (
-    cached_fashion_model,
-    evaluate_onnx,
-    export_onnx,
-    load_torch_model,
-)
-from models.fashion_data import load_fashion, to_input
 from onnxprune.api import analyze, prune
 from onnxprune.bench.onnxruntime import latency_interleaved
 from onnxprune.config import (
@@ -65,7 +55,14 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
-from onnxprune.planner import reachable_minimum
+from onnxprune.models.fashion import (
+    cached_fashion_model,
+    evaluate_onnx,
+    export_onnx,
+    load_torch_model,
+)
+from onnxprune.models.fashion_data import load_fashion, to_input
+from onnxprune.plan.planner import reachable_minimum
 
 
 @dataclass(frozen=True)

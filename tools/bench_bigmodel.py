@@ -18,10 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models.big import build, peak_rss, weight_bytes
+from onnxprune.models.big import build, peak_rss, weight_bytes
 
 _LOAD = "import onnx, sys; onnx.load(sys.argv[1])"
 _ORT = ("import onnxruntime as ort, sys; "

@@ -19,20 +19,16 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _modules(name: str, image: int):
     import torchvision
 
     from calibrate.executor import OnnxModule
-    from models.zoo import Exporter, cached_model, quiet
-    from onnxprune.batch import make_batch_free
-    from onnxprune.graph import load
-    from onnxprune.normalize import normalize
+    from onnxprune.analysis.normalize import normalize
+    from onnxprune.model.batch import make_batch_free
+    from onnxprune.model.io import load
+    from onnxprune.models.zoo import Exporter, cached_model, quiet
 
     with quiet():
         path = cached_model(name, Exporter.TORCHSCRIPT, image_size=image)
@@ -77,7 +73,6 @@ def throughput(args) -> None:
 
 _CHILD = """
 import sys, resource, numpy as np
-sys.path.insert(0, {root!r})
 mode, batch, batches, image = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if mode == "native":
     import torch, torchvision
@@ -88,12 +83,12 @@ if mode == "native":
 else:
     from calibrate.data import open_data, input_specs
     from calibrate.scoring import data_scores
-    from models.zoo import Exporter, cached_model
+    from onnxprune.models.zoo import Exporter, cached_model
     from onnxprune.api import analyze
     from onnxprune.config import CalibrationConfig, Criterion
     analysis = analyze(cached_model("resnet50", Exporter.TORCHSCRIPT, image_size=image))
     x = np.random.default_rng(0).standard_normal((batch * batches, 3, image, image)).astype("f")
-    data = open_data([{{"input": x}}], input_specs(analysis.model))
+    data = open_data([{"input": x}], input_specs(analysis.model))
     data_scores(analysis.channels, Criterion.FISHER, data, CalibrationConfig(batch_size=batch))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -102,7 +97,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def memory(args) -> None:
     print("| run | batch | batches | peak RSS GiB |\n|---|---|---|---|")
     for mode, batches in (("native", 1), ("fisher", 1), ("fisher", 4)):
-        code = _CHILD.format(root=str(ROOT))
+        code = _CHILD
         out = subprocess.run([sys.executable, "-c", code, mode, str(args.batch), str(batches),
                               str(args.image)], capture_output=True, text=True, check=True)
         kib = int(out.stdout.strip().splitlines()[-1])

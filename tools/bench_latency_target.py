@@ -16,19 +16,16 @@ tables are cached in ~/.cache/onnxprune/latency, or $ONNXPRUNE_CACHE/latency).
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.zoo import Exporter, cached_model
 from onnxprune.api import analyze, prune
 from onnxprune.config import Criterion, Normalize, PruneConfig, Target, TargetKind
-from onnxprune.importance import data_free_scores
 from onnxprune.latency import LatencyConfig
 from onnxprune.latency.measure import measure, prune_to_latency
-from onnxprune.planner import TargetUnreachable, plan_pruning
+from onnxprune.models.zoo import Exporter, cached_model
+from onnxprune.plan.importance import data_free_scores
+from onnxprune.plan.planner import TargetUnreachable, plan_pruning
 
 HEADER = ("| model | variant | M | MACs | predicted latency | measured (own loop) | "
           "measured (final run) | speed-up | plans | target met |")

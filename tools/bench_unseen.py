@@ -19,7 +19,7 @@ Zeroing uses the original file, input fixed to the analysis shape ("orig"), when
 one of its initializers or Constant outputs and none is all-equal and shared; otherwise (folded
 weights, `<name>__<node>_<slot>` copies) onnxprune's normalised model
 `onnxprune.api.analyze(path, shapes).model` ("norm"). If float32 fails, float64 decides
-(onnxprune.precision.run_float64): "f64". Summary: N model files, K pruned at every target, E
+(onnxprune.verify.precision.run_float64): "f64". Summary: N model files, K pruned at every target, E
 with an exit 2, F with an internal error (exit 1, timeout) or a failed recomputation (exit 1).
 """
 from __future__ import annotations
@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ from a plain clone
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -74,7 +73,7 @@ def randomize(model, seed: int):
     """Re-draw constant-valued parameters, calibrate BatchNorm statistics; eval mode."""
     import torch
 
-    from models.other import redraw_constant_parameters
+    from onnxprune.models.other import redraw_constant_parameters
 
     gen = torch.Generator().manual_seed(seed)
     redraw_constant_parameters(model, gen)
@@ -296,7 +295,7 @@ def recompute(path: Path, report: dict, pruned_path: Path) -> dict:
     err = worst_error(run_ort(pruned, feeds), run_ort(reference, feeds))
     check = {"ok": err <= TOLERANCE, "where": where, "error": err, "precision": "f32"}
     if not check["ok"]:
-        from onnxprune.precision import run_float64
+        from onnxprune.verify.precision import run_float64
         outputs = lambda m: dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
         err64 = worst_error(outputs(pruned), outputs(reference))
         check.update(ok=err64 <= TOLERANCE, error64=err64, precision="f64")

@@ -11,19 +11,14 @@ cores); the speed-up, the MACs ideal (before ÷ after MACs) and achieved ÷ idea
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models.zoo import ZOO, Exporter, cached_model  # noqa: E402
 from onnxprune.api import prune  # noqa: E402
 from onnxprune.bench.onnxruntime import latency_interleaved  # noqa: E402
 from onnxprune.config import PruneConfig, Target, TargetKind  # noqa: E402
+from onnxprune.models.zoo import ZOO, Exporter, cached_model  # noqa: E402
 
 HEADER = ("| model | exporter | prunable M | M | MACs | params | prune s | ORT before ms | "
           "ORT after ms | speed-up | MACs ideal | achieved/ideal |")

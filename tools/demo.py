@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _cli(*args: str) -> None:
@@ -36,10 +35,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model")
     args = parser.parse_args()
 
-    from models.fashion import cached_fashion_model, evaluate_onnx
-    from models.fashion_data import write_npz
     from onnxprune.bench.onnxruntime import latency_interleaved
     from onnxprune.errors import UserError
+    from onnxprune.models.fashion import cached_fashion_model, evaluate_onnx
+    from onnxprune.models.fashion_data import write_npz
 
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from models import zoo  # noqa: E402
+from onnxprune.models import zoo  # noqa: E402
 
 
 @dataclass

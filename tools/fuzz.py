@@ -3,7 +3,7 @@
 
     python tools/fuzz.py --graphs N --seed S [--plans K] [--max-nodes M] [--traceback]
 
-Graph i uses seed S + i for both the graph (tests/fuzzgraphs.random_cnn) and its
+Graph i uses seed S + i for both the graph (models/fuzzgraphs.random_cnn) and its
 plans. Failures are printed as they happen, one line each (rebuild the model with
 random_cnn(seed, max_nodes)); the last line is "N graphs, K plans, F failures".
 Exit status: 0 if no failure, 1 on any failure, 2 if onnxprune.api cannot be imported.
@@ -13,12 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run from a clone without install
-
-from fuzzgraphs import random_cnn  # noqa: E402
+from onnxprune.models.fuzzgraphs import random_cnn  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,12 +17,7 @@ import os
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.fashion import cached_fashion_model, evaluate_onnx
-from models.fashion_data import write_npz
 from onnxprune.api import prune
 from onnxprune.config import (
     CalibrationConfig,
@@ -31,6 +26,8 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
+from onnxprune.models.fashion import cached_fashion_model, evaluate_onnx
+from onnxprune.models.fashion_data import write_npz
 
 ROWS = [("fisher", Criterion.FISHER, False), ("fisher, no labels", Criterion.FISHER, True),
         ("taylor", Criterion.TAYLOR, False), ("hrank", Criterion.HRANK, False),

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _cli(args: list[str]) -> tuple[dict, float]:
@@ -52,8 +51,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("recover-out"))
     args = p.parse_args()
 
-    from models.fashion import cached_fashion_model, evaluate_onnx
-    from models.fashion_data import write_npz
+    from onnxprune.models.fashion import cached_fashion_model, evaluate_onnx
+    from onnxprune.models.fashion_data import write_npz
 
     rows = []
     for name in args.models.split(","):

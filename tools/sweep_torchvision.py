@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torchvision  # noqa: E402
 
-from models.zoo import Exporter, cached_model  # noqa: E402
+from onnxprune.models.zoo import Exporter, cached_model  # noqa: E402
 
 SIZES = {"inception_v3": 299}  # models whose default input is not 224
 

@@ -1,5 +1,5 @@
 """The op table of the torch executor: one small builder per ONNX op, one module per family."""
-from . import (  # noqa: F401
+from calibrate.ops import (  # noqa: F401
     control,
     conv,
     elementwise,
@@ -12,6 +12,6 @@ from . import (  # noqa: F401
     resize,
     shape,
 )
-from .registry import OPS, Spec, Unsupported, op
+from calibrate.ops.registry import OPS, Spec, Unsupported, op
 
 __all__ = ["OPS", "Spec", "Unsupported", "op"]

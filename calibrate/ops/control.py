@@ -2,7 +2,7 @@
 rejected by the executor)."""
 from __future__ import annotations
 
-from .registry import Spec, op, wants_run
+from calibrate.ops.registry import Spec, op, wants_run
 
 
 @op("If")

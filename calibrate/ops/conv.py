@@ -6,7 +6,7 @@ import math
 
 import torch.nn.functional as F
 
-from .registry import Spec, Unsupported, op
+from calibrate.ops.registry import Spec, Unsupported, op
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

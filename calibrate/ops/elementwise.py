@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .registry import Spec, Unsupported, op, torch_dtype
+from calibrate.ops.registry import Spec, Unsupported, op, torch_dtype
 
 _UNARY = {
     "Identity": lambda x: x, "Neg": torch.neg, "Abs": torch.abs, "Exp": torch.exp,

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .registry import Spec, Unsupported, as_ints, op
+from calibrate.ops.registry import Spec, Unsupported, as_ints, op
 
 
 @op("Concat")

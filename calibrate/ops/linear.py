@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .registry import Spec, op
+from calibrate.ops.registry import Spec, op
 
 
 @op("MatMul")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .registry import Spec, Unsupported, op, wants_run
+from calibrate.ops.registry import Spec, Unsupported, op, wants_run
 
 
 @op("BatchNormalization")

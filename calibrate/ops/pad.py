@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .registry import Spec, Unsupported, as_ints, norm_axes, op
+from calibrate.ops.registry import Spec, Unsupported, as_ints, norm_axes, op
 
 _MODES = ("constant", "reflect", "edge", "wrap")
 

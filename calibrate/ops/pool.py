@@ -13,8 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .conv import same_split, torch_pads
-from .registry import Spec, Unsupported, op
+from calibrate.ops.conv import same_split, torch_pads
+from calibrate.ops.registry import Spec, Unsupported, op
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}

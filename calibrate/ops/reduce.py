@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .registry import Spec, as_ints, norm_axes, op
+from calibrate.ops.registry import Spec, as_ints, norm_axes, op
 
 
 def _prod(x, dims, keep):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from onnx import numpy_helper
 
-from .registry import Spec, Unsupported, as_ints, norm_axes, op
+from calibrate.ops.registry import Spec, Unsupported, as_ints, norm_axes, op
 
 
 def _static_or_runtime(spec: Spec, slot: int, fn):

@@ -26,10 +26,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from ..batch import batch_free
-from ..errors import UserError
-from ..graph import graph_inputs
-from .onnxruntime import cpu_timer, make_session
+from onnxprune.bench.onnxruntime import cpu_timer, make_session
+from onnxprune.errors import UserError
+from onnxprune.model.batch import batch_free
+from onnxprune.model.graph import graph_inputs
 
 Feeds = dict[str, np.ndarray]
 BATCH_PARAM = "batch"
@@ -151,7 +151,7 @@ def _device_timer(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], f
 
 def get_backend(kind: BackendKind, options: BackendOptions) -> Backend:
     if kind is BackendKind.TENSORRT:
-        from .tensorrt import TensorRTBackend
+        from onnxprune.bench.tensorrt import TensorRTBackend
 
         return TensorRTBackend(options)
     provider = {BackendKind.ORT_CPU: "CPUExecutionProvider",
@@ -226,7 +226,7 @@ def needs_rebatch(model: onnx.ModelProto, batch: int) -> bool:
 
 def with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     """`model` itself if its inputs already have `batch` at dim 0; else its batch-free copy
-    (`onnxprune.batch.batch_free`: symbolic dim 0, batch-1 Reshape targets rewritten). The
+    (`onnxprune.model.batch.batch_free`: symbolic dim 0, batch-1 Reshape targets rewritten). The
     caller checks every output's batch size, which catches what the rewrite cannot fix."""
     if not needs_rebatch(model, batch):
         return model

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import UserError
-from ..graph import graph_inputs, load
-from .backends import (
+from onnxprune.bench.backends import (
     Backend,
     BackendKind,
     BackendOptions,
@@ -40,7 +37,10 @@ from .backends import (
     random_feeds,
     with_batch,
 )
-from .onnxruntime import LatencyStats, interleave, make_session, summarize
+from onnxprune.bench.onnxruntime import LatencyStats, interleave, make_session, summarize
+from onnxprune.errors import UserError, first_line
+from onnxprune.model.graph import graph_inputs
+from onnxprune.model.io import load
 
 DEFAULT_RUNS = 30
 TOLERANCE = {False: 1e-3, True: 1e-2}  # relative output error vs ORT CPU: fp32, fp16
@@ -168,18 +168,6 @@ def _prepare(backend: Backend, model: onnx.ModelProto, label: str, batch: int, a
     return runner, feeds
 
 
-def _first_line(exc: BaseException) -> str:
-    """One readable line; onnxruntime's kernel errors lose their C++ source location."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
-    if "Status Message:" in text:
-        text = text.split("Status Message:", 1)[1].strip()
-        text = re.sub(r"^\S+:\d+ .*? was false\.\s*", "", text)
-    if node:
-        text = f"{node[1]} node {node[2]!r}: {text}"
-    return text[:300]
-
-
 def bench_batch(backend: Backend, models: list[onnx.ModelProto], labels: list[str],
                 batch: int, args) -> list[Cell]:
     cells = [Cell(batch) for _ in models]
@@ -192,7 +180,7 @@ def bench_batch(backend: Backend, models: list[onnx.ModelProto], labels: list[st
         except Exception as exc:  # noqa: BLE001  ORT / TensorRT errors: one line for this batch
             what = (f"cannot be re-batched to {batch}" if needs_rebatch(model, batch)
                     else f"cannot run at batch {batch}")
-            cells[i].error = f"{what}: {_first_line(exc)}"
+            cells[i].error = f"{what}: {first_line(exc)}"
             continue
         live.append((i, runner, feeds))
     if live:

@@ -19,8 +19,6 @@ This module imports tensorrt and torch only inside functions.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import UserError
-from .backends import BackendOptions, BackendUnavailable, Feeds, input_specs
+from onnxprune.bench.backends import BackendOptions, BackendUnavailable, Feeds, input_specs
+from onnxprune.errors import UserError
+from onnxprune.model.io import write_bytes_atomic
 
 
 def _modules() -> tuple[Any, Any]:
@@ -85,18 +84,6 @@ def build_engine(trt: Any, model_bytes: bytes, shapes: dict[str, tuple[int, ...]
     return bytes(serialized)
 
 
-def _write_atomic(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class TrtRunner:
     runtime: Any
@@ -125,7 +112,8 @@ class TensorRTBackend:
         if path.exists():
             return path.read_bytes()
         blob = build_engine(trt, data, shapes, fp16)
-        _write_atomic(blob, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, blob)
         return blob
 
     def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> TrtRunner:

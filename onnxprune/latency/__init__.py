@@ -20,9 +20,9 @@ Here (one mechanism for every cost):
 """
 from __future__ import annotations
 
-from .options import LatencyConfig, default_cache_dir
-from .table import latency_table
-from .term import LatencyTerm
+from onnxprune.latency.options import LatencyConfig, default_cache_dir
+from onnxprune.latency.table import latency_table
+from onnxprune.latency.term import LatencyTerm
 
 
 def prunable_axes(channels) -> set[tuple[str, int]]:

@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..bench.onnxruntime import interleave
-from ..context import static_shapes
-from ..cost import COMPUTE_OPS
-from ..graph import graph_inputs
-from .options import LatencyConfig
+from onnxprune.analysis.context import static_shapes
+from onnxprune.analysis.cost import COMPUTE_OPS
+from onnxprune.bench.onnxruntime import interleave
+from onnxprune.latency.options import LatencyConfig
+from onnxprune.model.graph import graph_inputs
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)   # kept fractions of input / output channels
 

@@ -15,11 +15,11 @@ from dataclasses import replace
 
 import onnx
 
-from ..bench.onnxruntime import LatencyStats, interleave, summarize
-from ..config import PruneConfig, Target, TargetKind
-from ..errors import UserError
-from .layers import model_timer
-from .options import LatencyConfig
+from onnxprune.bench.onnxruntime import LatencyStats, interleave, summarize
+from onnxprune.config import PruneConfig, Target, TargetKind
+from onnxprune.errors import UserError
+from onnxprune.latency.layers import model_timer
+from onnxprune.latency.options import LatencyConfig
 
 
 def measure(models: list[onnx.ModelProto], config: LatencyConfig,
@@ -67,8 +67,8 @@ def _target_record(goal: float, config: LatencyConfig, result, attempts: list[di
 def prune_to_latency(model, config: PruneConfig, data=None) -> tuple[object, dict]:
     """Prune to `config.target` (a latency fraction), measure, re-plan on a miss (module
     docstring). Returns the chosen PruneResult and {"latency", "latency_target"} records."""
-    from ..api import prune
-    from ..planner import TargetUnreachable
+    from onnxprune.api import prune
+    from onnxprune.plan.planner import TargetUnreachable
 
     latency, goal = config.latency or LatencyConfig(), config.target.fraction
     planned, scores, runs, attempts = goal, None, [], []
@@ -103,7 +103,7 @@ def prune_measured(model, config: PruneConfig, data=None, bench: bool = False
                    ) -> tuple[object, dict]:
     """api.prune, plus the `latency` record when `bench`, plus the measured loop for a latency
     target. The backend is checked first: an unavailable one fails before any work."""
-    from ..api import prune
+    from onnxprune.api import prune
 
     latency = config.latency or LatencyConfig()
     if config.uses_latency and config.finetune is not None:

@@ -5,8 +5,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bench.backends import BackendKind, BackendOptions, get_backend
-from ..errors import UserError
+from onnxprune.bench.backends import BackendKind, BackendOptions, get_backend
+from onnxprune.errors import UserError
 
 
 def default_cache_dir() -> Path:

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..context import static_shapes
-from ..graph import opset
-from .layers import (
+from onnxprune.analysis.context import static_shapes
+from onnxprune.latency.layers import (
     GRID,
     Layer,
     LayerSpec,
@@ -31,7 +30,8 @@ from .layers import (
     time_layer,
     time_models,
 )
-from .options import LatencyConfig
+from onnxprune.latency.options import LatencyConfig
+from onnxprune.model.graph import opset
 
 CACHE_VERSION = 2
 Prunable = Callable[[str, int], bool]
@@ -91,7 +91,7 @@ def latency_table(model: onnx.ModelProto, config: LatencyConfig, seed: int = 0,
 
 
 def _store(path: Path, table: LayerTable, config: LatencyConfig) -> None:
-    from ..report import write_json_atomic
+    from onnxprune.model.io import write_json_atomic
 
     record = {"version": CACHE_VERSION, "grid": list(GRID), "backend": config.backend.value,
               "threads": config.threads, "model_ms": table.model_ms,

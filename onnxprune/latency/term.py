@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cost import CostModel
-from ..flow import param_key
-from .layers import GRID, LayerTable
+from onnxprune.analysis.cost import CostModel
+from onnxprune.analysis.flow import param_key
+from onnxprune.latency.layers import GRID, LayerTable
 
 
 def _segment(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,81 @@
+"""What a rule answers about one node: how channels flow through it, as plain data.
+
+A *channel space* is either a tensor's channel axis (`tensor_key(name)`) or one axis of an
+initializer (`param_key(name, axis)`). A rule declares the spaces of its outputs, links channel
+indices that are the same channel (`link`), and the initializer axes whose index i belongs to a
+channel (`param`, with a role: PRODUCER slices an output axis, SINK an input axis, PASSTHROUGH a
+per-channel parameter). Grouping, costs and surgery read only these declarations. A rule that
+cannot describe its node returns `Block(reason)`; the units it touches become unprunable.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Key = tuple  # ("t", tensor) or ("p", initializer, axis)
+
+
+def tensor_key(name: str) -> Key:
+    return ("t", name)
+
+
+def param_key(name: str, axis: int) -> Key:
+    return ("p", name, axis)
+
+
+class Role(enum.Enum):
+    PRODUCER = "producer"
+    SINK = "sink"
+    PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True)
+class Block:
+    """The node mixes channels in a way no rule describes: its channels stay."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    initializer: str
+    axis: int
+    role: Role
+
+
+@dataclass
+class Flow:
+    outputs: dict[str, tuple[int, int]] = field(default_factory=dict)  # tensor -> (axis, size)
+    links: list[tuple[Key, np.ndarray, Key, np.ndarray]] = field(default_factory=list)
+    params: list[ParamDecl] = field(default_factory=list)
+    consts: set[str] = field(default_factory=set)  # initializer inputs this rule understands
+    blocks: list[tuple[Key, str, np.ndarray | None]] = field(default_factory=list)
+    fixup: Callable | None = None  # fixup(node, Edit) after slicing: attributes, shape inputs
+
+    def output(self, tensor: str, axis: int, size: int) -> Flow:
+        self.outputs[tensor] = (axis, int(size))
+        return self
+
+    def link(self, a: Key, a_idx, b: Key, b_idx) -> Flow:
+        """Channel a_idx[i] of space a is channel b_idx[i] of space b."""
+        self.links.append((a, np.asarray(a_idx, np.int64), b, np.asarray(b_idx, np.int64)))
+        return self
+
+    def same(self, a: Key, b: Key, size: int) -> Flow:
+        idx = np.arange(size)
+        return self.link(a, idx, b, idx)
+
+    def param(self, initializer: str, axis: int, role: Role, to: Key, idx=None, size=None) -> Flow:
+        """Index i of `initializer` along `axis` belongs to channel idx[i] of space `to`."""
+        self.params.append(ParamDecl(initializer, axis, role))
+        self.consts.add(initializer)
+        if idx is None:
+            idx = np.arange(size)
+        return self.link(param_key(initializer, axis), np.arange(len(idx)), to, idx)
+
+    def block(self, key: Key, reason: str, idx=None) -> Flow:
+        """Channels `idx` of space `key` (all of them by default) cannot be removed."""
+        self.blocks.append((key, reason, None if idx is None else np.asarray(idx, np.int64)))
+        return self

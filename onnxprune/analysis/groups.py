@@ -1,0 +1,63 @@
+"""Layer groups: units that touch the same set of tensors (e.g. the 256 channels of a residual
+stage). Reports, per-layer minimums, rounding and HRank's per-layer rates work at this level."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.analysis.units import Channels
+
+
+@dataclass
+class LayerGroup:
+    index: int
+    tensors: tuple[str, ...]
+    units: np.ndarray            # component ids
+    channels_per_unit: int       # channels each unit holds in its narrowest member tensor
+    blocked: bool
+    reasons: list[str]
+
+    @property
+    def channels(self) -> int:
+        return len(self.units) * self.channels_per_unit
+
+
+def _tensor_space_ids(channels: Channels) -> tuple[np.ndarray, list[str]]:
+    """Per channel node: index of its tensor space, or -1 for initializer axes."""
+    ids = np.full(len(channels.labels), -1, dtype=np.int64)
+    names = []
+    for key, info in channels.spaces.items():
+        if key[0] == "t":
+            ids[info.offset:info.offset + info.size] = len(names)
+            names.append(key[1])
+    return ids, names
+
+
+def unit_tensor_counts(channels: Channels):
+    """Sorted unique (component, tensor space) pairs with their channel counts."""
+    ids, names = _tensor_space_ids(channels)
+    mask = ids >= 0
+    width = max(len(names), 1)
+    pairs, counts = np.unique(channels.labels[mask] * width + ids[mask], return_counts=True)
+    return pairs // width, pairs % width, counts, names
+
+
+def layer_groups(channels: Channels) -> list[LayerGroup]:
+    comps, tensors, counts, names = unit_tensor_counts(channels)
+    starts = np.flatnonzero(np.r_[True, comps[1:] != comps[:-1]])
+    ends = np.r_[starts[1:], len(comps)]
+    by_signature: dict[tuple, list[int]] = {}
+    narrowest: dict[tuple, int] = {}
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        signature = tuple(tensors[s:e].tolist())
+        by_signature.setdefault(signature, []).append(int(comps[s]))
+        narrowest.setdefault(signature, int(counts[s:e].min()))
+    groups = []
+    for signature, units in by_signature.items():
+        units_arr = np.array(units, dtype=np.int64)
+        blocked = bool(channels.blocked[units_arr].all())
+        reasons = sorted({r for u in units for r in channels.reasons.get(u, [])})
+        groups.append(LayerGroup(len(groups), tuple(names[t] for t in signature), units_arr,
+                                 narrowest[signature], blocked, reasons))
+    return groups

@@ -1,0 +1,232 @@
+"""Channel units: per-channel union-find over every tensor's and initializer axis's channels.
+
+Every channel space (a tensor's channel axis, or an initializer axis a rule declared) gets a
+range of node ids; the rules' links become edges; a connected component is a unit, the
+smallest set of channels that must go together. A component that touches a graph input or
+output, an op without a rule, or a channel layout a rule could not describe is blocked, and
+keeps every reason so that `onnxprune analyze` can show it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxprune.analysis.context import Ctx, Space
+from onnxprune.analysis.flow import Block, Flow, Key, Role, param_key, tensor_key
+from onnxprune.analysis.rules import RULES
+from onnxprune.analysis.unionfind import components
+from onnxprune.model.graph import graph_inputs, opset
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class SpaceInfo:
+    key: Key
+    offset: int
+    size: int
+    axis: int
+    role: Role | None = None  # for initializer axes: how surgery reports the slice
+
+
+@dataclass
+class Channels:
+    """Result of the channel analysis of one normalised model."""
+    model: onnx.ModelProto
+    spaces: dict[Key, SpaceInfo]
+    labels: np.ndarray                 # component id (0..K-1) of every channel node
+    blocked: np.ndarray                # bool per component
+    reasons: dict[int, list[str]]      # component -> distinct blocking reasons
+    fixups: list[tuple[int, object]] = field(default_factory=list)  # (node index, fixup)
+
+    @property
+    def n_components(self) -> int:
+        return len(self.blocked)
+
+    def nodes(self, key: Key) -> np.ndarray:
+        info = self.spaces[key]
+        return np.arange(info.offset, info.offset + info.size)
+
+
+class _Builder:
+    def __init__(self, model: onnx.ModelProto, per_index_groups: frozenset[str]):
+        self.model = model
+        self.spaces: dict[Key, SpaceInfo] = {}
+        self.size = 0
+        self.edges: list[tuple[np.ndarray, np.ndarray]] = []
+        self.blocks: list[tuple[Key, str, np.ndarray | None]] = []  # None: the whole space
+        self.opaque: dict[str, str] = {i.name: "graph input" for i in graph_inputs(model)}
+        self.opaque_axis: dict[str, int] = {}
+        self.foreign_reads: list[tuple[str, str]] = []
+        self.fixups: list = []
+        self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups)
+
+    def new_space(self, key: Key, axis: int, size: int, role: Role | None = None) -> SpaceInfo:
+        if key not in self.spaces:
+            self.spaces[key] = SpaceInfo(key, self.size, int(size), axis, role)
+            self.size += int(size)
+        return self.spaces[key]
+
+    def space_of(self, name: str) -> Space | None:
+        key = tensor_key(name)
+        if key not in self.spaces:
+            rank = len(self.ctx.shape(name))
+            if rank == 0:
+                return None
+            axis = self.opaque_axis.get(name, 1 if rank >= 2 else 0)
+            self.new_space(key, axis, self.ctx.shape(name)[axis])
+            self.blocks.append((key, self.opaque.get(name, "no rule declared its channels"), None))
+        info = self.spaces[key]
+        return Space(info.axis, info.size)
+
+    def apply(self, index: int, node: onnx.NodeProto, result: Flow | Block) -> None:
+        where = f"{node.op_type} {node.name}"
+        if isinstance(result, Flow) and not self._fits(result):
+            result = Block("its channel map does not fit the tensor shapes")
+        if isinstance(result, Block):
+            self._block_node(node, f"{where}: {result.reason}")
+            return
+        for name, (axis, size) in result.outputs.items():
+            self.new_space(tensor_key(name), axis, size)
+        for decl in result.params:
+            dim = self.ctx.shape(decl.initializer)[decl.axis]
+            self.new_space(param_key(decl.initializer, decl.axis), decl.axis, dim, decl.role)
+        for a, a_idx, b, b_idx in result.links:
+            self.edges.append((self.spaces[a].offset + a_idx, self.spaces[b].offset + b_idx))
+        self.blocks.extend((key, f"{where}: {reason}", idx) for key, reason, idx in result.blocks)
+        for name in node.input:
+            if self.ctx.is_const(name) and name not in result.consts:
+                self.foreign_reads.append((name, where))
+        if result.fixup is not None:
+            self.fixups.append((index, result.fixup))
+
+    def _fits(self, flow: Flow) -> bool:
+        """Every linked index lies inside its space (a malformed graph must not slip by)."""
+        sizes = {name: size for name, (_, size) in flow.outputs.items()}
+        for name, (axis, size) in flow.outputs.items():
+            shape = self.ctx.shapes.get(name)
+            if shape is None or not 0 <= axis < len(shape) or shape[axis] != size:
+                return False
+        for decl in flow.params:
+            sizes[decl.initializer, decl.axis] = self.ctx.shape(decl.initializer)[decl.axis]
+        for a, a_idx, b, b_idx in flow.links:
+            for key, idx in ((a, a_idx), (b, b_idx)):
+                known = self.spaces.get(key)
+                size = known.size if known else sizes.get(key[1] if key[0] == "t" else key[1:])
+                if size is None or (len(idx) and (idx.min() < 0 or idx.max() >= size)):
+                    return False
+        return True
+
+    def _block_node(self, node: onnx.NodeProto, reason: str) -> None:
+        for name in list(node.input) + sorted(outer_scope_reads(node)):
+            if not name:
+                continue
+            if self.ctx.is_const(name):
+                self.foreign_reads.append((name, reason))
+            elif self.ctx.space(name) is not None:
+                self.blocks.append((tensor_key(name), reason, None))
+        axis = self._input_axis(node)
+        for name in node.output:
+            if name:
+                self.opaque[name] = f"output of {reason}"
+                if axis is not None and len(self.ctx.shapes.get(name, ())) == axis[1]:
+                    self.opaque_axis[name] = axis[0]
+
+    def _input_axis(self, node: onnx.NodeProto) -> tuple[int, int] | None:
+        """(channel axis, rank) of the first activation input: a blocked node's outputs of the
+        same rank are assumed to keep that layout, so later rules do not misread NLC tensors."""
+        for name in node.input:
+            key = tensor_key(name)
+            if key in self.spaces:
+                return self.spaces[key].axis, len(self.ctx.shape(name))
+        return None
+
+    def finish(self) -> Channels:
+        for out in self.model.graph.output:
+            if self.ctx.space(out.name) is not None:
+                self.blocks.append((tensor_key(out.name), "graph output", None))
+        params_by_init: dict[str, list[Key]] = {}
+        for key in self.spaces:
+            if key[0] == "p":
+                params_by_init.setdefault(key[1], []).append(key)
+        for name, where in self.foreign_reads:
+            for key in params_by_init.get(name, []):
+                self.blocks.append((key, f"initializer {name} is also read by {where}", None))
+        return self._components()
+
+    def _components(self) -> Channels:
+        a = np.concatenate([e[0] for e in self.edges]) if self.edges else np.zeros(0, np.int64)
+        b = np.concatenate([e[1] for e in self.edges]) if self.edges else np.zeros(0, np.int64)
+        _, labels = np.unique(components(self.size, a, b), return_inverse=True)
+        blocked = np.zeros(labels.max() + 1 if self.size else 0, dtype=bool)
+        reasons: dict[int, list[str]] = {}
+        for key, reason, idx in self.blocks:
+            info = self.spaces[key]
+            nodes = labels[info.offset:info.offset + info.size]
+            comps = np.unique(nodes if idx is None else nodes[idx])
+            blocked[comps] = True
+            for comp in comps.tolist():
+                if reason not in reasons.setdefault(comp, []):
+                    reasons[comp].append(reason)
+        return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups)
+
+
+def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If / Loop / Scan bodies) read from the enclosing graph: they
+    are inputs too, though they do not appear in node.input."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
+        for graph in graphs:
+            defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+            for inner in graph.node:
+                reads |= (set(inner.input) | outer_scope_reads(inner)) - defined - {""}
+                defined |= set(inner.output)
+    return reads
+
+
+def find_channels(model: onnx.ModelProto) -> Channels:
+    """Run every node's rule over a normalised model (topologically sorted, static shapes).
+
+    Grouped convs first lose whole groups; where that merges all of a conv's groups into one
+    unit (e.g. ResNeSt's radix sum ties group 0's channel j to group 1's), the analysis is run
+    again with channel j of every group as the unit for those convs.
+    """
+    channels = _analyse(model, frozenset())
+    collapsed = frozenset(_collapsed_group_convs(channels))
+    return _analyse(model, collapsed) if collapsed else channels
+
+
+def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str]) -> Channels:
+    builder = _Builder(model, per_index_groups)
+    for index, node in enumerate(model.graph.node):
+        builder.apply(index, node, _run_rule(node, builder.ctx))
+    return builder.finish()
+
+
+def _collapsed_group_convs(channels: Channels):
+    ctx = Ctx(channels.model, opset(channels.model), lambda name: None)
+    for node in channels.model.graph.node:
+        if node.op_type != "Conv" or tensor_key(node.output[0]) not in channels.spaces:
+            continue
+        group, weight_shape = ctx.attrs(node)["group"], ctx.shape(node.input[1])
+        if group > 1 and weight_shape[1] > 1:
+            labels = channels.labels[channels.nodes(tensor_key(node.output[0]))]
+            if len(np.unique(labels)) == 1 and not channels.blocked[labels[0]]:
+                yield node.name
+
+
+def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
+    if node.domain not in ("", "ai.onnx"):
+        return Block(f"custom op domain {node.domain!r} has no channel rule")
+    rule = RULES.get(node.op_type)
+    if rule is None:
+        return Block(f"no channel rule for {node.op_type}")
+    try:
+        return rule(node, ctx)
+    except Exception as exc:  # a rule that cannot read its node blocks it, never guesses
+        _LOG.debug("rule %s failed on %s", node.op_type, node.name, exc_info=True)
+        return Block(f"{node.op_type} could not be analysed ({type(exc).__name__}: {exc})")

@@ -1,0 +1,1 @@
+"""The `onnxprune` command: prune, analyze, sweep, bench."""

@@ -1,0 +1,123 @@
+"""Command-line options for data criteria and recovery: --data and its preprocessing,
+--finetune-epochs / --finetune-steps and the schedule (see docs/calibration.md, docs/recovery.md).
+"""
+from __future__ import annotations
+
+import argparse
+
+from onnxprune.config import CalibrationConfig, Criterion, FinetuneConfig, Optimizer, Schedule
+from onnxprune.errors import UserError
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("calibration data (fisher, hrank, taylor)")
+    d.add_argument("--data", metavar="PATH", help="a folder of images (sub-folders per class "
+                   "give labels), an .npz with arrays named after the inputs (+ labels), or an "
+                   ".npy of inputs")
+    d.add_argument("--batch-size", type=int, default=32, metavar="N")
+    d.add_argument("--calib-batches", type=int, default=32, metavar="N",
+                   help="batches to score on (default 32; 0: the whole data set)")
+    d.add_argument("--no-labels", action="store_true",
+                   help="ignore labels: Fisher samples them from the model's predictions")
+    d.add_argument("--resize", metavar="H[xW]", help="images: resize the shorter side to H "
+                   "(or to HxW) before the centre crop (default: the input size)")
+    d.add_argument("--mean", metavar="M,M,M", help="images: per-channel mean on the [0, 1] "
+                   "scale (default ImageNet for 3 channels, 0 for 1)")
+    d.add_argument("--std", metavar="S,S,S", help="images: per-channel std (default ImageNet "
+                   "for 3 channels, 1 for 1)")
+    d.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
+    d.add_argument("--recalibrate-bn", action="store_true",
+                   help="after slicing, re-estimate BatchNormalization statistics on --data "
+                        "(AdaBN; no training; the oracle still checks the slice before it)")
+    d.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="torch device for calibration (default: cuda when available)")
+
+
+def add_finetune(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("recovery: fine-tuning on --data after (or while) pruning")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--finetune-epochs", type=float, metavar="E",
+                        help="fine-tune for E passes over the data (fractions allowed)")
+    budget.add_argument("--finetune-steps", type=int, metavar="N", help="fine-tune for N steps")
+    f.add_argument("--schedule", choices=[s.value for s in Schedule], default="oneshot",
+                   help="oneshot: score, prune, fine-tune; gfp: prune while fine-tuning "
+                        "(Group Fisher, Algorithm 2)")
+    f.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine decay)")
+    f.add_argument("--optimizer", choices=[o.value for o in Optimizer], default="sgd")
+    f.add_argument("--weight-decay", type=float, default=5e-4)
+    f.add_argument("--temperature", type=float, default=4.0,
+                   help="distillation temperature (used without labels)")
+    f.add_argument("--prune-every", type=int, default=25, metavar="D",
+                   help="gfp: steps between removals (paper: 25 for classification)")
+    f.add_argument("--prune-count", type=int, default=1, metavar="K",
+                   help="gfp: chunks removed each time (a chunk: --round-to channels of one "
+                        "layer group, or one unit where the group's width is not a multiple)")
+    f.add_argument("--holdout", type=int, default=500, metavar="N",
+                   help="samples kept out of training to measure fidelity (default 500)")
+
+
+def criterion(args) -> Criterion:
+    if args.criterion is None:
+        return Criterion.FISHER if args.data else Criterion.L1
+    criterion = Criterion(args.criterion)
+    if criterion.needs_data and not args.data:
+        raise UserError(f"--criterion {criterion.value} needs calibration data: --data PATH")
+    return criterion
+
+
+def image_options(args):
+    if not any((args.resize, args.mean, args.std, args.channel_order != "rgb")):
+        return None
+    from calibrate.data import ChannelOrder, ImageOptions, parse_floats, parse_hw
+
+    def parsed(flag: str, parse, text):
+        try:
+            return parse(text) if text else None
+        except UserError as exc:
+            raise UserError(f"{flag} {exc}") from None
+
+    return ImageOptions(resize=parsed("--resize", parse_hw, args.resize),
+                        mean=parsed("--mean", parse_floats, args.mean),
+                        std=parsed("--std", parse_floats, args.std),
+                        channel_order=ChannelOrder(args.channel_order))
+
+
+def calibration(args) -> CalibrationConfig:
+    if args.recalibrate_bn and not args.data:
+        raise UserError("--recalibrate-bn needs data: --data PATH")
+    for flag, value in (("--batch-size", args.batch_size), ("--calib-batches", args.calib_batches)):
+        if value < (1 if flag == "--batch-size" else 0):
+            raise UserError(f"{flag} {value}: must be >= {1 if flag == '--batch-size' else 0}")
+    return CalibrationConfig(batch_size=args.batch_size,
+                             max_batches=args.calib_batches or None, no_labels=args.no_labels,
+                             progress=True, device=args.device, image=image_options(args),
+                             recalibrate_bn=args.recalibrate_bn)
+
+
+def _positive(flag: str, value, minimum=1):
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} {value}: must be >= {minimum}")
+
+
+def finetune(args) -> FinetuneConfig | None:
+    """None unless a fine-tuning budget is given."""
+    if args.finetune_epochs is None and args.finetune_steps is None:
+        if args.schedule != "oneshot":
+            raise UserError("--schedule gfp prunes while fine-tuning: give --finetune-epochs "
+                            "or --finetune-steps")
+        return None
+    if not args.data:
+        raise UserError("fine-tuning needs data: --data PATH")
+    if args.finetune_epochs is not None and not args.finetune_epochs > 0:
+        raise UserError(f"--finetune-epochs {args.finetune_epochs}: must be > 0")
+    for flag, value in (("--finetune-steps", args.finetune_steps),
+                        ("--prune-every", args.prune_every), ("--prune-count", args.prune_count)):
+        _positive(flag, value)
+    _positive("--holdout", args.holdout, 0)
+    if not (args.lr > 0 and args.temperature > 0 and args.weight_decay >= 0):
+        raise UserError("--lr and --temperature must be > 0, --weight-decay >= 0")
+    return FinetuneConfig(epochs=args.finetune_epochs, steps=args.finetune_steps, lr=args.lr,
+                          optimizer=Optimizer(args.optimizer), weight_decay=args.weight_decay,
+                          batch_size=args.batch_size, temperature=args.temperature,
+                          schedule=Schedule(args.schedule), prune_every=args.prune_every,
+                          prune_count=args.prune_count, holdout=args.holdout)

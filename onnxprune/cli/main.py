@@ -1,0 +1,254 @@
+"""The `onnxprune` command.
+
+    onnxprune MODEL --target-mem 0.5 [-o OUT] [--criterion l1] [--report r.json] ...
+    onnxprune analyze MODEL [--input-shape 1x3x224x224]
+    onnxprune bench A.onnx [B.onnx ...] [--backend ort-cpu] [--batch 1,8] [--json]
+    onnxprune sweep MODEL --targets 0.9,0.7,0.5 [--target-kind mem] [--out DIR]
+
+A user error prints one line on stderr and exits 2; nothing is written. An internal failure
+(including a pruned model that fails the oracle) exits 1, also without writing anything.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+from onnxprune.cli.data import add_data, add_finetune, calibration, criterion, finetune
+from onnxprune.config import (
+    Criterion,
+    Normalize,
+    PruneConfig,
+    Target,
+    TargetKind,
+)
+from onnxprune.errors import UserError, VerificationError
+
+CRITERIA = [c.value for c in Criterion]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user error
+        raise UserError(message)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction strictly between 0 and 1")
+    return value
+
+
+def _add_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", metavar="SHAPES",
+                   help="static input shape: 1x3x224x224, or name:1x3x640x640,other:1x4")
+
+
+def prune_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune", description="Prune coupled channels of an ONNX CNN to a "
+                "target and prove the result equals the original minus those channels. "
+                "`onnxprune analyze MODEL` shows the channel groups.")
+    p.add_argument("model", help="input .onnx (never modified)")
+    targets = p.add_mutually_exclusive_group(required=True)
+    what = {TargetKind.MEM: "feature-map memory M (elements of every Conv / Gemm / MatMul "
+                            "output, batch 1)",
+            TargetKind.FLOPS: "multiply-accumulates", TargetKind.PARAMS: "parameters",
+            TargetKind.LATENCY: "the latency measured on --bench BACKEND (default ort-cpu)"}
+    for kind in TargetKind:
+        targets.add_argument(f"--target-{kind.value}", type=_fraction, metavar="F",
+                             help=f"keep {what[kind]} <= F x the original's, 0 < F < 1")
+    p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx)")
+    p.add_argument("--criterion", choices=CRITERIA, default=None,
+                   help="channel importance: fisher, hrank, taylor (need --data) or the "
+                        "data-free l1, l2, random (default: fisher with --data, else l1)")
+    p.add_argument("--normalize", choices=[n.value for n in Normalize], default=None,
+                   help="divide each unit's importance by the memory (default), MACs or "
+                        "latency (default with --target-latency) it removes, or by nothing")
+    p.add_argument("--round-to", type=int, default=8, metavar="N",
+                   help="keep each layer group a multiple of N channels where it was one "
+                        "(default 8; 1 turns rounding off)")
+    _add_shape(p)
+    p.add_argument("--report", metavar="JSON", help="write a machine-readable record")
+    p.add_argument("--seed", type=int, default=0, help="seed for random scores and inputs")
+    p.add_argument("--plots", metavar="DIR", help="write groups.png, costs.png and summary.md "
+                   "to DIR (created if missing; needs matplotlib)")
+    _add_bench(p)
+    add_data(p)
+    add_finetune(p)
+    return p
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from onnxprune.bench.backends import BackendKind
+
+    b = p.add_argument_group("latency")
+    b.add_argument("--bench", metavar="BACKEND", choices=[k.value for k in BackendKind],
+                   help="measure latency before and after, interleaved, on ort-cpu, ort-cuda, "
+                        "ort-trt or tensorrt; also the backend of --target-latency (ort-cpu)")
+    b.add_argument("--bench-runs", type=int, default=20, metavar="N",
+                   help="timed interleaved runs per model (default 20)")
+    b.add_argument("--bench-threads", type=int, default=None, metavar="N",
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 is "
+                        "steadier on a busy machine)")
+
+
+def _latency(args, needed: bool):
+    """The LatencyConfig when latency is measured or targeted, its backend checked (an
+    unavailable one is a one-line error before any work); else None."""
+    if not (needed or args.bench):
+        return None
+    from onnxprune.bench.backends import BackendKind
+    from onnxprune.latency import LatencyConfig
+
+    for flag, value in (("--bench-runs", args.bench_runs), ("--bench-threads", args.bench_threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
+    config = LatencyConfig(backend=BackendKind(args.bench or BackendKind.ORT_CPU.value),
+                           runs=args.bench_runs, table_runs=min(args.bench_runs, 10),
+                           threads=args.bench_threads)
+    config.check()
+    return config
+
+
+def _plots_dir(args) -> Path | None:
+    if not args.plots:
+        return None
+    folder = Path(args.plots)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: --plots needs a folder")
+    if not folder.parent.resolve().is_dir():
+        raise UserError(f"{folder.parent}: plots folder's parent does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plots needs matplotlib: pip install matplotlib")
+    return folder
+
+
+def analyze_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune analyze", description="Show layer groups, costs, and what "
+                "each target can reach.")
+    p.add_argument("model")
+    _add_shape(p)
+    p.add_argument("--round-to", type=int, default=8, metavar="N")
+    return p
+
+
+def _output_path(args) -> Path:
+    source = Path(args.model)
+    out = Path(args.output) if args.output else source.with_name(source.stem + ".pruned.onnx")
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise UserError(f"{out}: output path is the input path; the input is never overwritten")
+    if not out.parent.resolve().is_dir():
+        raise UserError(f"{out.parent}: output folder does not exist")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory")
+    return out
+
+
+def _normalize(args, kind: TargetKind) -> Normalize:
+    if args.normalize is not None:
+        return Normalize(args.normalize)
+    return Normalize.LATENCY if kind is TargetKind.LATENCY else Normalize.MEM
+
+
+def _config(args, shapes, latency=None) -> PruneConfig:
+    kind = next(k for k in TargetKind if getattr(args, f"target_{k.value}") is not None)
+    if args.round_to < 1:
+        raise UserError(f"--round-to {args.round_to}: must be >= 1")
+    return PruneConfig(target=Target(kind, getattr(args, f"target_{kind.value}")),
+                       criterion=criterion(args), normalize=_normalize(args, kind),
+                       round_to=args.round_to, seed=args.seed, input_shapes=shapes,
+                       calibration=calibration(args), finetune=finetune(args), latency=latency)
+
+
+def _shapes(args, model) -> dict:
+    from onnxprune.model.graph import graph_inputs, parse_input_shapes
+
+    return parse_input_shapes(args.input_shape, [i.name for i in graph_inputs(model)])
+
+
+def run_prune(argv: list[str]) -> int:
+    from onnxprune.latency.measure import prune_measured, summary_lines
+    from onnxprune.model.external import has_lazy
+    from onnxprune.model.io import load, save_atomic, write_json_atomic
+    from onnxprune.report.record import prune_record, prune_summary
+
+    args = prune_parser().parse_args(argv)
+    output = _output_path(args)
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        raise UserError(f"{args.report}: report folder does not exist")
+    plots = _plots_dir(args)
+    latency = _latency(args, args.target_latency is not None or args.normalize == "latency")
+    model = load(args.model)
+    config = _config(args, _shapes(args, model), latency)
+    if args.data and not os.path.exists(args.data):
+        raise UserError(f"{args.data}: no such file or folder")
+    result, extra = prune_measured(model, config, data=args.data, bench=bool(args.bench))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
+        return 0
+    save_atomic(result.model, output, external=has_lazy(model))
+    record = {**prune_record(result, config, args.model, str(output)), **extra}
+    if args.report:
+        write_json_atomic(record, args.report)
+    if plots is not None:
+        from onnxprune.report.plots import write_all
+
+        plots.mkdir(exist_ok=True)
+        write_all(record, plots)
+    print("\n".join(filter(None, [prune_summary(result, str(output)), summary_lines(extra)])))
+    return 0
+
+
+def run_analyze(argv: list[str]) -> int:
+    from onnxprune.api import analyze
+    from onnxprune.model.io import load
+    from onnxprune.plan.planner import reachable_minimum
+    from onnxprune.report.record import analysis_text
+
+    args = analyze_parser().parse_args(argv)
+    model = load(args.model)
+    analysis = analyze(model, _shapes(args, model))
+    minimum = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, args.round_to)
+    print(analysis_text(analysis, minimum))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "analyze":
+            return run_analyze(argv[1:])
+        if argv and argv[0] == "bench":
+            from onnxprune.bench.cli import run_bench
+
+            return run_bench(argv[1:])
+        if argv and argv[0] == "sweep":
+            from onnxprune.cli.sweep import run_sweep
+
+            return run_sweep(argv[1:])
+        return run_prune(argv[1:] if argv and argv[0] == "prune" else argv)
+    except UserError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        print(f"onnxprune: internal error, nothing written: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `onnxprune analyze m.onnx | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted, nothing written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user, unless asked for
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        print(f"onnxprune: internal error, nothing written: {type(exc).__name__}: {exc} "
+              f"(set ONNXPRUNE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""Plumbing shared by every stage: model I/O, external data, weights, onnxruntime sessions, batch."""

@@ -1,0 +1,55 @@
+"""Importance of each channel unit. Data-free criteria live here (numpy only):
+
+- l1:  I_u = Σ_{producers p of u} Σ |W_p[i_u, ...]|      (norm of the unit's producer slices)
+- l2:  I_u = Σ_{producers p of u} sqrt(Σ W_p[i_u, ...]²)
+- random: I_u ~ U(0, 1), seeded — the baseline every benchmark includes.
+
+Producers are the initializer axes a rule declared with Role.PRODUCER (Conv W rows and bias,
+Gemm output columns and bias). Data criteria (fisher, hrank, taylor) are computed by the
+`calibrate` package in PyTorch and imported only when asked for.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.analysis.flow import Role
+from onnxprune.analysis.units import Channels
+from onnxprune.config import Criterion
+from onnxprune.errors import UserError
+from onnxprune.model import external
+
+
+def _slice_norms(value: np.ndarray, axis: int, criterion: Criterion) -> np.ndarray:
+    """L1 or L2 norm of every slice along `axis`, in blocks of about 64 MB: a weight as large
+    as the model must not get a same-sized temporary (external.py's memory goal)."""
+    moved = np.moveaxis(value, axis, 0)
+    n = moved.shape[0]
+    step = max(1, (64 << 20) // max(1, moved[0].nbytes))
+    norms = np.empty(n)
+    for start in range(0, n, step):
+        block = moved[start:start + step].reshape(min(step, n - start), -1)
+        if criterion is Criterion.L1:
+            norms[start:start + step] = np.abs(block).sum(axis=1, dtype=np.float64)
+        else:
+            norms[start:start + step] = np.sqrt(np.square(block, dtype=np.float64).sum(axis=1))
+    return norms
+
+
+def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:
+    inits = {i.name: i for i in channels.model.graph.initializer}
+    per_node = np.zeros(len(channels.labels))
+    for key, info in channels.spaces.items():
+        if key[0] != "p" or info.role is not Role.PRODUCER:
+            continue
+        value = external.value(inits[key[1]])
+        per_node[info.offset:info.offset + info.size] = _slice_norms(value, key[2], criterion)
+    return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
+
+
+def data_free_scores(channels: Channels, criterion: Criterion, seed: int) -> np.ndarray:
+    """One score per component (blocked ones included; the planner skips them)."""
+    if criterion is Criterion.RANDOM:
+        return np.random.default_rng(seed).random(channels.n_components)
+    if criterion in (Criterion.L1, Criterion.L2):
+        return magnitude_scores(channels, criterion)
+    raise UserError(f"--criterion {criterion.value} needs calibration data (--data)")

@@ -1,0 +1,1 @@
+"""Reports: the JSON record, human tables, plots and Markdown summaries."""

@@ -1,0 +1,169 @@
+"""The machine-readable record of a prune (JSON) and the human summaries on stdout."""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune import __version__
+from onnxprune.analysis.cost import Costs
+from onnxprune.config import PruneConfig
+from onnxprune.verify.oracle import TOLERANCE
+
+_COST_NAMES = (("mem", "M (feature-map elements)"), ("macs", "MACs"), ("params", "params"),
+               ("weight_bytes", "weight bytes"), ("activations", "activation elements"))
+
+
+def group_records(analysis, removed: np.ndarray | None = None,
+                  scores: np.ndarray | None = None) -> list[dict]:
+    """One record per layer group; with `scores`, each unit's score (in `units` order)."""
+    mem = np.bincount(analysis.channels.labels, weights=analysis.costs.per_node_mem(),
+                      minlength=analysis.channels.n_components)
+    records = []
+    for g in analysis.groups:
+        gone = int(removed[g.units].sum()) if removed is not None else 0
+        records.append({
+            "index": g.index, "channels": g.channels,
+            "kept": (len(g.units) - gone) * g.channels_per_unit,
+            "units": len(g.units), "prunable": not g.blocked,
+            "mem": int(mem[g.units].sum()), "tensors": list(g.tensors), "reasons": g.reasons,
+        })
+        if scores is not None:
+            records[-1]["unit_scores"] = [float(x) for x in scores[g.units]]
+            if removed is not None:
+                records[-1]["removed_units"] = np.flatnonzero(removed[g.units]).tolist()
+    return records
+
+
+def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
+    before, after = result.plan.before.as_dict(), result.plan.after.as_dict()
+    return {
+        "onnxprune": __version__, "input": source, "output": output,
+        "options": {"target": {"kind": config.target.kind.value,
+                               "fraction": config.target.fraction},
+                    "criterion": config.criterion.value, "normalize": config.normalize.value,
+                    "round_to": config.round_to, "seed": config.seed,
+                    "calibration": {"batch_size": config.calibration.batch_size,
+                                    "max_batches": config.calibration.max_batches,
+                                    "no_labels": config.calibration.no_labels},
+                    "finetune": _finetune_options(config.finetune),
+                    "input_shapes": {k: list(v) for k, v in config.input_shapes.items()}},
+        "before": before, "after": after,
+        "ratio": {k: (after[k] / before[k] if before[k] else 1.0) for k in before},
+        "calibration": (result.calibration.as_dict() if result.calibration is not None
+                        else None),
+        "bn_recalibration": ({"samples": result.bn_samples}
+                             if getattr(result, "bn_samples", None) else None),
+        "recovery": (result.recovery.as_dict() if getattr(result, "recovery", None) is not None
+                     else None),
+        "groups": group_records(result.analysis, result.plan.removed, result.scores),
+        "slices": [s.as_dict() for s in result.slices],
+        "verification": {"max_relative_error": result.error, "tolerance": TOLERANCE,
+                         "precision": result.verdict.precision,
+                         "float32_error": result.verdict.float32_error,
+                         "runs": config.verify_runs},
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+def _finetune_options(ft) -> dict | None:
+    if ft is None:
+        return None
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in vars(ft).items()}
+
+
+def _num(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def cost_table(before: Costs, after: Costs | None = None) -> str:
+    lines = []
+    for field, label in _COST_NAMES:
+        b = getattr(before, field)
+        if after is None:
+            lines.append(f"  {label:<22} {_num(b):>10}")
+        else:
+            a = getattr(after, field)
+            lines.append(f"  {label:<22} {_num(b):>10} -> {_num(a):>10}  ({a / b if b else 1:.3f})")
+    if before.latency is not None:  # predicted by the per-layer latency table
+        b, a = before.latency, (after or before).latency
+        lines.append(f"  {'latency ms, predicted':<22} {b:>10.3f}"
+                     + (f" -> {a:>10.3f}  ({a / b if b else 1:.3f})" if after else ""))
+    return "\n".join(lines)
+
+
+def _calibration_line(result) -> str:
+    cal = result.calibration
+    if cal is None:
+        return ""
+    return (f"  {cal.criterion.value}: {cal.samples} samples in {cal.batches} batches from "
+            f"{cal.data}; labels: {cal.labels}; {cal.mode}\n")
+
+
+def _bn_line(result) -> str:
+    samples = getattr(result, "bn_samples", None)
+    return f"  BatchNormalization statistics re-estimated on {samples} samples\n" if samples else ""
+
+
+def _recovery_lines(result) -> str:
+    """Fine-tuning and fidelity on held-out data (the oracle line is about the slicing)."""
+    rec = getattr(result, "recovery", None)
+    if rec is None:
+        return ""
+    ft = rec.finetune
+    head = f"  fine-tuned ({rec.schedule.value}): {ft.steps} steps, "
+    lines = [head + f"loss {ft.first_loss:.4f} -> {ft.last_loss:.4f}"]
+    if rec.gfp:
+        lines[0] += (f"; gfp removed {rec.gfp['units_removed']} units in "
+                     f"{rec.gfp['removals']} steps")
+    fid = rec.fidelity
+    if fid:
+        parts = [f"{fid['samples']} held-out samples"]
+        if "top1_agreement" in fid:
+            parts.append(f"top-1 agreement with the original {fid['top1_agreement']:.2%}")
+        if "accuracy_pruned" in fid:
+            parts.append(f"top-1 {fid['accuracy_original']:.2%} -> {fid['accuracy_pruned']:.2%}")
+        parts.append(f"max relative output error {fid['max_relative_error']:.3g}")
+        lines.append("  fidelity: " + ", ".join(parts))
+    else:
+        lines.append("  fidelity: no held-out samples (--holdout 0)")
+    return "\n".join(lines) + "\n"
+
+
+def prune_summary(result, output: str) -> str:
+    total = sum(result.timings.values())
+    sliced = (" of the slicing, before fine-tuning" if getattr(result, "recovery", None) else
+              " of the slicing, before BN re-estimation" if getattr(result, "bn_samples", None)
+              else "")
+    return (f"pruned -> {output}\n{_calibration_line(result)}"
+            f"{cost_table(result.plan.before, result.plan.after)}\n"
+            f"{_bn_line(result)}{_recovery_lines(result)}"
+            f"  oracle{sliced}: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
+            + ("" if result.verdict.precision == "float32" else
+               f"; float32 rounding noise {result.verdict.float32_error:.2e}, decided in float64")
+            + ")\n"
+            f"  time: {total:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+            + ")")
+
+
+def analysis_text(analysis, minimum: Costs) -> str:
+    before = analysis.costs.costs()
+    rows = ["layer groups (channels, share of M, member tensors, status):"]
+    records = group_records(analysis)
+    for rec in records:
+        share = rec["mem"] / before.mem if before.mem else 0
+        first = rec["tensors"][0] if rec["tensors"] else "?"
+        more = f" +{len(rec['tensors']) - 1}" if len(rec["tensors"]) > 1 else ""
+        status = "prunable" if rec["prunable"] else "blocked: " + "; ".join(rec["reasons"][:2])
+        rows.append(f"  #{rec['index']:<4} {rec['channels']:>6} ch {share:6.1%}  {first}{more}  "
+                    f"{status}")
+    prunable = sum(r["mem"] for r in records if r["prunable"])
+    rows.append(f"prunable share of M: {prunable / before.mem if before.mem else 0:.1%}")
+    rows.append("costs:\n" + cost_table(before))
+    rows.append("reachable minimum with what is prunable (fraction of the original):")
+    for field, label in _COST_NAMES[:3]:
+        b = getattr(before, field)
+        rows.append(f"  --target-{'mem' if field == 'mem' else 'flops' if field == 'macs' else 'params'}"
+                    f" {getattr(minimum, field) / b if b else 1:.3f}   ({label})")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Rewriting: apply a plan by slicing initializers and fixing shape constants."""

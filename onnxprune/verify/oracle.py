@@ -1,0 +1,136 @@
+"""The exactness oracle: the pruned model must equal the original in which every sink slice of
+every removed channel is zeroed (and nothing else changes), in onnxruntime, on random inputs:
+
+    max |pruned - reference| <= 1e-4 * max(1, max |reference|)   for every output, float32.
+
+Anyone can recompute it from the report's `slices`: zero the `removed` indices along `axis` of
+every `sink` initializer of the original model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.errors import VerificationError
+from onnxprune.model.runtime import random_inputs, session
+from onnxprune.model.weights import attach, check, detach, feeds_of
+from onnxprune.verify.precision import run_float64
+
+TOLERANCE = 1e-4
+
+
+def _zero(value: np.ndarray, sinks) -> np.ndarray:
+    """Zero the sink slices; a writable array (a fresh read) is changed in place."""
+    if not value.flags.writeable:
+        value = np.array(value)
+    for s in sinks:
+        index = [slice(None)] * value.ndim
+        index[s.axis] = s.removed
+        value[tuple(index)] = 0
+    return value
+
+
+def reference_weights(original: onnx.ModelProto, slices):
+    """The original as (light model, weight feeds) with the sink slices of removed channels set
+    to zero; large weights are fed as inputs (see weights.py), small ones stay initializers."""
+    sinks: dict[str, list] = {}
+    for s in slices:
+        if s.role == "sink":
+            sinks.setdefault(s.initializer, []).append(s)
+    light, large = detach(original)
+    feeds = feeds_of(large)
+    for name in set(sinks) & set(feeds):
+        feeds[name] = _zero(feeds[name], sinks[name])
+    for init in light.graph.initializer:
+        if init.name in sinks:
+            init.CopyFrom(numpy_helper.from_array(_zero(numpy_helper.to_array(init), sinks[init.name]),
+                                                  init.name))
+    return light, feeds
+
+
+def relative_error(got_all, want_all) -> float:
+    """max over outputs of max |got - want| / max(1, max |want|). Non-finite values must sit at
+    the same places with the same values (NaN where NaN, +inf where +inf); else the error is
+    infinite — a NaN never passes for "equal"."""
+    worst = 0.0
+    for got, want in zip(got_all, want_all):
+        if got.shape != want.shape:
+            raise VerificationError(f"output shape {got.shape} differs from {want.shape}")
+        if not want.size:
+            continue
+        want, got = np.asarray(want, dtype=np.float64), np.asarray(got, dtype=np.float64)
+        finite = np.isfinite(want)
+        same_nonfinite = np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(
+            got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+        if not same_nonfinite or not np.isfinite(got[finite]).all():
+            return float("inf")
+        if not finite.any():
+            continue
+        scale = max(1.0, float(np.max(np.abs(want[finite]))))
+        worst = max(worst, float(np.max(np.abs(got[finite] - want[finite]))) / scale)
+    return worst
+
+
+def max_error(pruned: onnx.ModelProto, original: onnx.ModelProto, slices, runs: int,
+              seed: int) -> float:
+    """The oracle's error in onnxruntime (float32) over `runs` random inputs."""
+    inputs = [random_inputs(original, seed + r) for r in range(runs)]
+    light, large = detach(pruned)
+    got = _outputs(light, feeds_of(large), inputs)
+    want = _outputs(*reference_weights(original, slices), inputs)
+    return max((relative_error(g, w) for g, w in zip(got, want)), default=0.0)
+
+
+def _outputs(light: onnx.ModelProto, weights: dict[str, np.ndarray],
+             inputs: list[dict]) -> list[list[np.ndarray]]:
+    """Run one model on every input: the two models' weights are never in memory together."""
+    sess = session(light, optimize=False)
+    return [sess.run(None, {**feeds, **weights}) for feeds in inputs]
+
+
+def float64_error(pruned: onnx.ModelProto, original: onnx.ModelProto, slices, runs: int,
+                  seed: int) -> float:
+    """The same comparison in float64 with onnx's reference evaluator (precision.py)."""
+    light, weights = reference_weights(original, slices)
+    reference = attach(light, [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    worst = 0.0
+    for r in range(runs):
+        feeds = random_inputs(original, seed + r)
+        worst = max(worst, relative_error(run_float64(pruned, feeds), run_float64(reference, feeds)))
+    return worst
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    try:
+        check(model)
+    except Exception as exc:
+        raise VerificationError(f"onnx.checker rejects the pruned model: "
+                                f"{str(exc).splitlines()[0][:300]}") from None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    error: float           # the error that decided: float32 unless it needed float64
+    precision: str         # "float32" or "float64"
+    float32_error: float
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, slices, runs: int = 2,
+           seed: int = 0) -> Verdict:
+    """Checker + oracle; raises VerificationError beyond tolerance.
+
+    float32 in onnxruntime first; if that exceeds the tolerance, float64 decides (a model that
+    amplifies rounding noise fails in float32 even against itself; a wrong prune fails in both).
+    """
+    check_model(pruned)
+    err = max_error(pruned, original, slices, runs, seed)
+    if err <= TOLERANCE:
+        return Verdict(err, "float32", err)
+    err64 = float64_error(pruned, original, slices, runs, seed)
+    if not err64 <= TOLERANCE:
+        raise VerificationError(f"pruned model differs from the masked original: relative "
+                                f"error {err:.3g} (float32), {err64:.3g} (float64) > {TOLERANCE:g}")
+    return Verdict(err64, "float64", err)
