@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx
 import torch
 
-from calibrate.data import CalibrationData
+from calibrate.datatypes import CalibrationData
 from calibrate.distributed import all_reduce_sum, to_device, world
 from onnxprune.config import CalibrationConfig
 from onnxprune.errors import UserError

@@ -2,6 +2,8 @@
 
 `open_data(source, input_specs(model))` gives a re-iterable `CalibrationData` whose `batches()`
 yield `Batch(inputs={name: array}, labels=int64 array or None)` in the model's dtypes.
+(`input_specs` is `onnxprune.model.graph`'s; the data types live in `calibrate.datatypes`, the
+image reader in `calibrate.images`; this module re-exports the public names of both.)
 
 Sources:
 
@@ -35,109 +37,31 @@ Image preprocessing, for one 4-D float input with 1 (gray, Pillow "L") or 3 (RGB
 """
 from __future__ import annotations
 
-import enum
 import os
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import onnx
 
+from calibrate.datatypes import Batch, CalibrationData, ChannelOrder, ImageOptions
 from onnxprune.errors import UserError, first_line
-from onnxprune.model.graph import graph_inputs, static_shape
+from onnxprune.model.graph import InputSpec, input_specs
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the public names of the data types (calibrate.datatypes) and of the model's inputs
+# (onnxprune.model.graph) are re-exported: `from calibrate.data import ...` is the entry point
+__all__ = ["LABELS", "Batch", "CalibrationData", "ChannelOrder", "ImageOptions", "InputSpec",
+           "input_specs", "open_data", "parse_floats", "parse_hw"]
+
 LABELS = "labels"
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # what np.load raises
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: static shape, batch first (the batch dim is ignored)."""
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
-class ChannelOrder(enum.Enum):
-    RGB = "rgb"
-    BGR = "bgr"
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """How images become tensors (see the module docstring for the exact rule)."""
-    resize: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channel_order: ChannelOrder = ChannelOrder.RGB
-
-
-@dataclass(frozen=True)
-class Batch:
-    inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None
-
-
-class _Source(Protocol):
-    def load(self, idx: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-class CalibrationData:
-    """Samples of a source, re-iterable in batches; the order is fixed by `seed`."""
-
-    def __init__(self, source: _Source, num_samples: int, labels: np.ndarray | None,
-                 description: str, indices: np.ndarray | None = None):
-        self._source = source
-        self._labels = labels
-        self._indices = np.arange(num_samples) if indices is None else indices
-        self.num_samples = len(self._indices)
-        self.has_labels = labels is not None
-        self.description = description
-
-    def split(self, holdout: int, seed: int = 0) -> tuple[CalibrationData, CalibrationData]:
-        """(the rest, `holdout` samples drawn with `seed`): disjoint views of the same source,
-        so that fine-tuning never sees the samples its fidelity is measured on."""
-        holdout = min(max(holdout, 0), self.num_samples)
-        order = np.random.default_rng(seed).permutation(self.num_samples)
-        held, rest = np.sort(order[:holdout]), np.sort(order[holdout:])
-        def view(idx, what):
-            return CalibrationData(self._source, self.num_samples, self._labels,
-                                   f"{self.description}, {what}", self._indices[idx])
-        return view(rest, f"{len(rest)} for training"), view(held, f"{holdout} held out")
-
-    def __repr__(self) -> str:
-        return f"CalibrationData({self.description})"
-
-    def batches(self, batch_size: int, max_batches: int | None = None, shuffle: bool = False,
-                seed: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-        """Global batches 0, 1, ... of `batch_size` samples (the last may be partial), at most
-        `max_batches` of them; rank r of `world_size` gets batches r, r + world_size, ..."""
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
-        if max_batches is not None and max_batches < 0:
-            raise UserError(f"max batches must be >= 0, got {max_batches}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise UserError(f"bad rank {rank} of world size {world_size}")
-        n = self.num_samples
-        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        order = self._indices[order]
-        starts = range(0, n, batch_size)[:max_batches][rank::world_size]
-        return (self._batch(order[s:s + batch_size]) for s in starts)
-
-    def _batch(self, idx: np.ndarray) -> Batch:
-        labels = None if self._labels is None else self._labels[idx]
-        return Batch(self._source.load(idx), labels)
-
-
-def open_data(source: Any, specs: list[InputSpec], options: ImageOptions = ImageOptions(),
+def open_data(source: Any, specs: list[InputSpec], options: ImageOptions | None = None,
               no_labels: bool = False) -> CalibrationData:
-    """A folder / .npz / .npy path, an array, a dict or an iterable -> CalibrationData."""
+    """A folder / .npz / .npy path, an array, a dict or an iterable -> CalibrationData.
+    `options` (image folders only): None means `ImageOptions()`, the defaults."""
     if not specs:
         raise UserError("the model has no inputs to feed data to")
     if isinstance(source, (str, os.PathLike)):
@@ -147,7 +71,7 @@ def open_data(source: Any, specs: list[InputSpec], options: ImageOptions = Image
         if path.is_dir():
             from calibrate.images import open_folder  # Pillow, only for image folders
 
-            return open_folder(path, specs, options, no_labels)
+            return open_folder(path, specs, options or ImageOptions(), no_labels)
         if path.suffix.lower() == ".npz":
             return _open_npz(path, specs, no_labels)
         if path.suffix.lower() == ".npy":
@@ -159,18 +83,6 @@ def open_data(source: Any, specs: list[InputSpec], options: ImageOptions = Image
     if not isinstance(source, Iterable):
         raise UserError(f"cannot read data from a {type(source).__name__}")
     return _open_iterable(source, specs, no_labels)
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """Non-initializer graph inputs; a dynamic batch dim becomes 1, any other must be static."""
-    specs = []
-    for vi in graph_inputs(model):
-        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.shape.dim:
-            raise UserError(f"input {vi.name!r} has no tensor shape: pass --input-shape")
-        shape = static_shape(vi)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-        specs.append(InputSpec(vi.name, tuple(shape), dtype))
-    return specs
 
 
 def parse_floats(text: str, n: int | None = None) -> tuple[float, ...]:

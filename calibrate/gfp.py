@@ -4,15 +4,16 @@ The unpruned model trains with a mask of ones at every site (`sites.py`); the ma
 give each step's per-sample g_{n,u} (for the batch-mean loss, g = N · ∂L/∂m), and
 F_u += Σ_n g_{n,u}². Every `prune_every` steps (paper: 25 for classification) the
 `prune_count` chunks of alive units with the lowest ΣF_u / ΣΔM_u (or ΔMACs, per `--normalize`)
-get mask 0 for good, and the accumulators are reset. Units go in `--round-to` chunks and a layer group
-never drops below one rounding unit, as in the one-shot planner (`--round-to 1`: the paper's
-single channels). The schedule stops when the target is met. Under torchrun the
+get mask 0 for good, and the accumulators are reset. Units go in `--round-to` chunks and a layer
+group never drops below one rounding unit, as in the one-shot planner (`--round-to 1`: the
+paper's single channels). The schedule stops when the target is met. Under torchrun the
 accumulators are all-reduced before each decision, so every rank removes the same units.
 
 Pruning may use at most half of the step budget, so that the sliced network always gets the
 other half to recover; if the target is not met by then, the rest is removed at once by the
 last accumulated scores (reported as `removed_without_training`). Then the network, whose
-masked channels are exactly the removed ones, is sliced and checked by the exactness oracle with its trained weights.
+masked channels are exactly the removed ones, is sliced and checked by the exactness oracle
+with its trained weights.
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def _state(analysis, config, units: np.ndarray) -> GfpState:
     kind = config.target.kind
     goal = config.target.fraction * cost_value(costs.costs(), kind)
     return GfpState(units, norm, members, np.array(chunk), np.array(chunks_left),
-                    Removal(channels, costs), goal, lambda kept: cost_value(costs.costs(kept), kind))
+                    Removal(channels, costs), goal,
+                    lambda kept: cost_value(costs.costs(kept), kind))
 
 
 class GfpSchedule:

@@ -1,5 +1,8 @@
 """Image folders for `--data`: decoding, resize / centre-crop / normalise, class sub-folders
-as labels (the exact rules are in calibrate/data.py's module docstring)."""
+as labels (the exact rules are in calibrate/data.py's module docstring).
+
+Reached only through `calibrate.data.open_data` (a lazy import, so Pillow loads only for image
+folders); this module imports the shared types from `calibrate.datatypes`, never `data`."""
 from __future__ import annotations
 
 import os
@@ -9,16 +12,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from calibrate.data import (
-    IMAGE_EXTENSIONS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CalibrationData,
-    ChannelOrder,
-    ImageOptions,
-    InputSpec,
-)
+from calibrate.datatypes import CalibrationData, ChannelOrder, ImageOptions
 from onnxprune.errors import UserError, first_line
+from onnxprune.model.graph import InputSpec
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,29 @@
-"""Prune and recover: the one-shot and GFP schedules end to end, with fidelity on held-out data.
+"""Recovery phases of `onnxprune.api.prune` (the one orchestrator) when `config.finetune` is set.
 
-- oneshot: score on the training share of the data (any criterion), plan, slice, prove exact
-  (the oracle), then fine-tune the sliced model for the whole budget.
-- gfp: fine-tune the full model with masks, removing units by accumulated Fisher as it goes
-  (gfp.py); slice once the target is met and prove the slice exact *with the trained weights*;
-  fine-tune the sliced model for the rest of the budget (a fresh cosine schedule).
+`api.prune` analyses the model, opens the data and holds out `holdout` samples, then calls
+`prune_gfp` (GFP schedule) or prunes one-shot itself, then calls `finetune_slice`. This
+module receives the analysis and data it works on: it never analyses a model or imports `api`.
+
+- oneshot: `api.prune` scores on the training share of the data (any criterion), plans,
+  slices and proves the slice exact (the oracle); `finetune_slice` fine-tunes it for the
+  whole budget.
+- gfp (`prune_gfp`): fine-tune the full model with masks, removing units by accumulated
+  Fisher as it goes (gfp.py); slice once the target is met and prove the slice exact *with the
+  trained weights*; `finetune_slice` fine-tunes the sliced model for the rest of the budget
+  (a fresh cosine schedule).
 Either way the fine-tuned weights are written into the pruned ONNX, which must pass
-onnx.checker and run in onnxruntime; the report then states fidelity (`onnxprune/fidelity.py`)
-on `holdout` samples the training never saw.
+onnx.checker and run in onnxruntime; the report then states fidelity
+(`onnxprune.verify.fidelity`) on `holdout` samples the training never saw.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from calibrate.data import CalibrationData
+from calibrate.datatypes import CalibrationData
 from calibrate.distributed import World, world
 from calibrate.executor import OnnxModule
 from calibrate.finetune import FinetuneLog, finetune, total_steps
@@ -37,7 +43,7 @@ from onnxprune.plan.planner import (
 )
 from onnxprune.rewrite.surgery import apply_plan
 from onnxprune.verify.fidelity import fidelity
-from onnxprune.verify.oracle import check_model, verify
+from onnxprune.verify.oracle import Verdict, check_model, verify
 
 
 @dataclass
@@ -108,22 +114,25 @@ def reachable_check(analysis, config: PruneConfig) -> None:
 
 
 @dataclass
-class _Pruned:
-    """What the pruning phase hands to the last fine-tuning phase."""
+class GfpPruned:
+    """What the GFP pruning phase hands back: the slice of the trained model, proven exact."""
     model: onnx.ModelProto
     slices: list
-    verdict: object
+    verdict: Verdict
     plan: Plan
-    scores: np.ndarray
-    calibration: object | None
     steps_used: int
-    log: FinetuneLog | None
-    gfp: dict | None
+    log: FinetuneLog
+    record: dict
 
 
-def _prune_gfp(analysis, config, train, w, steps, timings) -> _Pruned:
+def prune_gfp(analysis, config: PruneConfig, train: CalibrationData, timings: dict
+              ) -> GfpPruned:
+    """The GFP pruning phase on `analysis` (an `onnxprune.api.Analysis`), training on `train`:
+    remove units while fine-tuning, slice the trained model, verify. Adds timings["gfp"]."""
     if config.criterion is not Criterion.FISHER:
         raise UserError("--schedule gfp scores by Group Fisher: use --criterion fisher")
+    w = world(config.calibration.device)
+    steps = total_steps(config.finetune, train, w.size)
     tick = time.perf_counter()
     tuned, removed, log, record = _gfp(analysis, config, train, w, steps,
                                        config.calibration.progress)
@@ -133,43 +142,23 @@ def _prune_gfp(analysis, config, train, w, steps, timings) -> _Pruned:
     removal = Removal(analysis.channels, analysis.costs)
     removal.remove(np.flatnonzero(removed))
     plan = Plan(removed, removal.kept, analysis.costs.costs(), analysis.costs.costs(removal.kept))
-    return _Pruned(pruned, slices, verdict, plan, np.zeros(len(removed)), None, log.steps, log,
-                   record)
+    return GfpPruned(pruned, slices, verdict, plan, log.steps, log, record)
 
 
-def _prune_oneshot(analysis, config, train, timings) -> _Pruned:
-    from onnxprune import api
-
-    result = api.prune(analysis.model, replace(config, finetune=None), data=train)
-    timings.update({k: v for k, v in result.timings.items() if k != "analyze"})
-    return _Pruned(result.model, result.slices, result.verdict, result.plan, result.scores,
-                   result.calibration, 0, None, None)
-
-
-def prune_with_recovery(model, config: PruneConfig, data):
-    """`api.prune` with `config.finetune` set: see the module docstring."""
-    from onnxprune import api
-
+def finetune_slice(original: onnx.ModelProto, pruned: onnx.ModelProto,
+                   train: CalibrationData, held: CalibrationData, config: PruneConfig,
+                   timings: dict, gfp: GfpPruned | None = None) -> tuple[onnx.ModelProto, Recovery]:
+    """Fine-tune the sliced `pruned` on `train` for the steps the pruning phase left (all of
+    them after one-shot, the rest after `gfp`); fidelity against `original` on `held`.
+    Adds timings["finetune"]."""
     w = world(config.calibration.device)
-    analysis = api.analyze(model, config.input_shapes)
-    data = api.open_calibration_data(analysis, config, data)
-    train, held = data.split(config.finetune.holdout, seed=config.seed)
-    if train.num_samples == 0:
-        raise UserError(f"no training samples left after holding out {held.num_samples}: "
-                        "lower --holdout")
     steps = total_steps(config.finetune, train, w.size)
-    timings = {"analyze": analysis.seconds}
-    if config.finetune.schedule is Schedule.GFP:
-        done = _prune_gfp(analysis, config, train, w, steps, timings)
-    else:
-        done = _prune_oneshot(analysis, config, train, timings)
+    used, log = (gfp.steps_used, gfp.log) if gfp is not None else (0, None)
     tick = time.perf_counter()
-    model_out, log = done.model, done.log
-    if steps > done.steps_used:
-        model_out, log = finetune_model(analysis.model, done.model, train, config, w,
-                                        steps - done.steps_used, config.calibration.progress)
+    tuned = pruned
+    if steps > used:
+        tuned, log = finetune_model(original, pruned, train, config, w, steps - used,
+                                    config.calibration.progress)
     timings["finetune"] = time.perf_counter() - tick
-    recovery = Recovery(config.finetune.schedule, log,
-                        fidelity(analysis.model, model_out, held), done.gfp)
-    return api.PruneResult(model_out, analysis, done.plan, done.slices, done.scores,
-                           done.verdict, timings, done.calibration, recovery)
+    return tuned, Recovery(config.finetune.schedule, log, fidelity(original, tuned, held),
+                           gfp.record if gfp is not None else None)

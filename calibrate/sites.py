@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.analysis.flow import Role, tensor_key
+from onnxprune.analysis.flow import ParamKey, Role, tensor_key
 from onnxprune.analysis.units import Channels
 
 
@@ -55,9 +55,9 @@ def mask_sites(channels: Channels) -> list[Site]:
     consumers = _consumers(model)
     sites: dict[tuple[int, int], Site] = {}
     for key, info in channels.spaces.items():
-        if key[0] != "p" or info.role is not Role.SINK:
+        if not isinstance(key, ParamKey) or info.role is not Role.SINK:
             continue
-        for index, weight_slot in consumers.get(key[1], []):
+        for index, weight_slot in consumers.get(key.initializer, []):
             node = model.graph.node[index]
             slot = _data_slot(node, weight_slot, channels, inits)
             if slot is None or (index, slot) in sites:

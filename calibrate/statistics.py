@@ -4,7 +4,8 @@ Masks m_u (ones, one per unit and sample) multiply channel c of unit u at every 
 (`sites.py`). With L_n the loss of sample n:
 
 - Group Fisher (Liu et al., ICML 2021):
-      g_{n,u} = ∂L_n/∂m_{n,u} = Σ_{sites s of u} Σ_{c ∈ u at s} Σ_{h,w} x_{n,c,h,w} · ∂L_n/∂x_{n,c,h,w}
+      g_{n,u} = ∂L_n/∂m_{n,u}
+              = Σ_{sites s of u} Σ_{c ∈ u at s} Σ_{h,w} x_{n,c,h,w} · ∂L_n/∂x_{n,c,h,w}
       F_u = Σ_n g_{n,u}²
   The coupled copies of a unit share one mask column, so autograd adds their contributions
   *before* the square, as the paper requires.

@@ -1,25 +1,40 @@
-"""The Python API: analyze, prune, and random plans for testing the oracle."""
+"""The Python API: analyze, prune, and random plans for testing the oracle.
+
+`prune` is the one orchestrator of the pipeline (docs/design-notes.md): it analyses the model
+once, opens the data once, and drives every stage: scoring (`plan.importance`, or the torch
+`calibrate.scoring`), planning, surgery, the exactness oracle, and with fine-tuning the phases
+of `calibrate.recover`, which receive the analysis and data and never call back into this
+module. `calibrate` (torch) is imported lazily, only when data or fine-tuning is asked for.
+"""
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.cost import CostModel
 from onnxprune.analysis.groups import LayerGroup, layer_groups
+from onnxprune.analysis.keep import keep_requested
 from onnxprune.analysis.normalize import normalize
 from onnxprune.analysis.units import Channels, find_channels
-from onnxprune.config import Criterion, PruneConfig
+from onnxprune.config import Criterion, PruneConfig, Schedule
 from onnxprune.errors import UserError
 from onnxprune.model.external import sources
+from onnxprune.model.graph import input_specs
 from onnxprune.model.io import load
 from onnxprune.plan.importance import data_free_scores
 from onnxprune.plan.planner import Plan, plan_pruning, plan_uniform_rate
 from onnxprune.rewrite.surgery import Slice, apply_plan
 from onnxprune.verify.oracle import Verdict, verify
+
+if TYPE_CHECKING:  # torch-side result types; calibrate is imported only when used
+    from calibrate.recover import Recovery
+    from calibrate.scoring import CalibrationResult
 
 
 @dataclass
@@ -29,6 +44,8 @@ class Analysis:
     groups: list[LayerGroup]
     costs: CostModel
     seconds: float
+    # units blocked because the user asked to keep them (--keep)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass
@@ -40,8 +57,8 @@ class PruneResult:
     scores: np.ndarray
     verdict: Verdict
     timings: dict[str, float] = field(default_factory=dict)
-    calibration: object | None = None   # calibrate.scoring.CalibrationResult for data criteria
-    recovery: object | None = None      # calibrate.recover.Recovery after fine-tuning
+    calibration: CalibrationResult | None = None   # data criteria
+    recovery: Recovery | None = None               # after fine-tuning
     bn_samples: int | None = None       # samples that re-estimated BN statistics, if asked
 
     @property
@@ -59,38 +76,59 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
 
 
 def analyze(model: onnx.ModelProto | str | os.PathLike,
-            input_shapes: dict[str, tuple[int, ...]] | None = None) -> Analysis:
-    """Normalise, find channel units and layer groups, build the cost model."""
+            input_shapes: dict[str, tuple[int, ...]] | None = None,
+            keep: Sequence[str] = ()) -> Analysis:
+    """Normalise, find channel units and layer groups, build the cost model.
+
+    `keep` names tensors or nodes whose channels must stay (`onnxprune.analysis.keep`)."""
     start = time.perf_counter()
     normalised = normalize(_as_model(model), input_shapes or {})
     channels = find_channels(normalised)
+    kept = keep_requested(channels, keep)
     groups = layer_groups(channels)
     costs = CostModel(channels)
-    return Analysis(normalised, channels, groups, costs, time.perf_counter() - start)
+    return Analysis(normalised, channels, groups, costs, time.perf_counter() - start, kept)
 
 
 def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
     """`data` (a folder of images, an .npz / .npy path, an iterable of input dicts or
     (dict, labels) pairs, or a calibrate.data.CalibrationData) opened for the analysed model."""
     what = ("fine-tuning" if config.finetune is not None
-            else f"--criterion {config.criterion.value}")
+            else f"--criterion {config.criterion.value}" if config.criterion.needs_data
+            else "--recalibrate-bn")
     if data is None:
         raise UserError(f"{what} needs data (--data)")
-    try:
-        from calibrate.data import CalibrationData, input_specs, open_data
+    try:  # reading the data needs numpy only, but every stage that uses it runs in torch
+        import torch  # noqa: F401
+
+        from calibrate.data import CalibrationData, open_data
     except ImportError as exc:
         raise UserError(f"{what} needs torch ({exc}): pip install 'onnxprune[torch]'") from None
     if isinstance(data, CalibrationData):
         return data
-    options = config.calibration.image
-    return open_data(data, input_specs(analysis.model),
-                     **({"options": options} if options is not None else {}),
+    return open_data(data, input_specs(analysis.model), config.calibration.image,
                      no_labels=config.calibration.no_labels)
 
 
-def _data_scores(analysis: Analysis, config: PruneConfig, data):
-    """Fisher / HRank / Taylor on `data`, computed in torch by the calibrate package."""
+def _open_data(analysis: Analysis, config: PruneConfig, scores: np.ndarray | None, data):
+    """(`data` opened once for every stage that reads it, None if none does; with fine-tuning
+    its training share, so that no stage sees the held-out samples), (the held-out share, or
+    None without fine-tuning)."""
+    if not (config.finetune is not None or config.calibration.recalibrate_bn
+            or (scores is None and config.criterion.needs_data)):
+        return None, None
     data = open_calibration_data(analysis, config, data)
+    if config.finetune is None:
+        return data, None
+    train, held = data.split(config.finetune.holdout, seed=config.seed)
+    if train.num_samples == 0:
+        raise UserError(f"no training samples left after holding out {held.num_samples}: "
+                        "lower --holdout")
+    return train, held
+
+
+def _data_scores(analysis: Analysis, config: PruneConfig, data):
+    """Fisher / HRank / Taylor on `data` (opened), computed in torch by the calibrate package."""
     from calibrate.scoring import data_scores
 
     return data_scores(analysis.channels, config.criterion, data, config.calibration,
@@ -108,17 +146,43 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
           scores: np.ndarray | None = None, data=None) -> PruneResult:
     """Analyse, score, plan, slice and verify; raises UserError / VerificationError.
 
-    Data criteria and fine-tuning (`config.finetune`) read `data`: see open_calibration_data."""
-    if config.finetune is not None:
-        try:
-            from calibrate.recover import prune_with_recovery
-        except ImportError as exc:
-            raise UserError(f"fine-tuning needs torch ({exc}): pip install 'onnxprune[torch]'"
-                            ) from None
-        return prune_with_recovery(model, config, data)
-    timings = {}
-    analysis = analyze(model, config.input_shapes)
-    timings["analyze"] = analysis.seconds
+    Data criteria, `recalibrate_bn` and fine-tuning (`config.finetune`) read `data`: see
+    open_calibration_data. With fine-tuning, `holdout` samples are set aside for fidelity and
+    the rest trains: the GFP schedule prunes while training (`calibrate.recover.prune_gfp`),
+    one-shot prunes as without fine-tuning; then `calibrate.recover.finetune_slice` fine-tunes
+    the slice. BN statistics are re-estimated on the slice, before any fine-tuning."""
+    recover = _recover_module() if config.finetune is not None else None
+    analysis = analyze(model, config.input_shapes, config.keep)
+    timings = {"analyze": analysis.seconds}
+    data, held = _open_data(analysis, config, scores, data)
+    gfp = None
+    if recover is not None and config.finetune.schedule is Schedule.GFP:
+        gfp = recover.prune_gfp(analysis, config, data, timings)
+        result = PruneResult(gfp.model, analysis, gfp.plan, gfp.slices,
+                             np.zeros(len(gfp.plan.removed)), gfp.verdict, timings)
+    else:
+        result = _prune_oneshot(analysis, config, scores, data, timings)
+    if config.calibration.recalibrate_bn:
+        _recalibrate_bn(result, config, data)
+    if recover is not None:
+        result.model, result.recovery = recover.finetune_slice(
+            analysis.model, result.model, data, held, config, timings, gfp)
+    return result
+
+
+def _recover_module():
+    """calibrate.recover (torch), or the UserError that says how to install it."""
+    try:
+        from calibrate import recover
+    except ImportError as exc:
+        raise UserError(f"fine-tuning needs torch ({exc}): pip install 'onnxprune[torch]'"
+                        ) from None
+    return recover
+
+
+def _prune_oneshot(analysis: Analysis, config: PruneConfig, scores: np.ndarray | None, data,
+                   timings: dict[str, float]) -> PruneResult:
+    """Score (on the opened `data` for a data criterion), plan, slice and verify."""
     if config.uses_latency:  # per-layer latency table (cached): Costs.latency exists from here
         from onnxprune.latency import attach
 
@@ -141,15 +205,11 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
     tick = time.perf_counter()
     verdict = verify(analysis.model, pruned, slices, runs=config.verify_runs, seed=config.seed)
     timings["verify"] = time.perf_counter() - tick
-    result = PruneResult(pruned, analysis, plan, slices, scores, verdict, timings, calibration)
-    if config.calibration.recalibrate_bn:
-        _recalibrate_bn(result, config, data)
-    return result
+    return PruneResult(pruned, analysis, plan, slices, scores, verdict, timings, calibration)
 
 
 def _recalibrate_bn(result: PruneResult, config: PruneConfig, data) -> None:
-    """Re-estimate BatchNormalization statistics of the (proven) slice on `data`."""
-    data = open_calibration_data(result.analysis, config, data)
+    """Re-estimate BatchNormalization statistics of the (proven) slice on `data` (opened)."""
     from calibrate.bn import recalibrate_bn
 
     tick = time.perf_counter()

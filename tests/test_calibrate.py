@@ -27,6 +27,7 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
+from onnxprune.model.graph import input_specs
 
 N_SAMPLES, BATCH = 12, 4
 
@@ -98,8 +99,6 @@ def _brute_gradients(net, x, y) -> dict[str, np.ndarray]:
 
 
 def _scores(analysis, x, y, criterion, no_labels=False, seed=0):
-    from calibrate.data import input_specs
-
     chunks = [{"x": x[i:i + BATCH]} for i in range(0, len(x), BATCH)]
     if y is not None:
         chunks = [(c, y[i * BATCH:(i + 1) * BATCH]) for i, c in enumerate(chunks)]

@@ -9,18 +9,18 @@ from calibrate.data import (
     Batch,
     ChannelOrder,
     ImageOptions,
-    InputSpec,
-    input_specs,
     open_data,
     parse_floats,
     parse_hw,
 )
 from onnxprune.errors import UserError
+from onnxprune.model.graph import InputSpec, input_specs
 
 RGB = [InputSpec("x", (1, 3, 4, 4), np.dtype(np.float32))]
 GRAY = [InputSpec("x", (1, 1, 4, 4), np.dtype(np.float32))]
 NHWC = [InputSpec("x", (1, 4, 4, 3), np.dtype(np.float32))]
-TWO = [InputSpec("a", (1, 2), np.dtype(np.float32)), InputSpec("b", (1, 3, 2), np.dtype(np.float16))]
+TWO = [InputSpec("a", (1, 2), np.dtype(np.float32)),
+       InputSpec("b", (1, 3, 2), np.dtype(np.float16))]
 RAW = ImageOptions(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 

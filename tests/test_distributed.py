@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 
 
 def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
 
 
 @pytest.mark.parametrize("labels", [True, False])

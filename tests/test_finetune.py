@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from calibrate.data import input_specs, open_data
+from calibrate.data import open_data
 from calibrate.distributed import world
 from calibrate.executor import OnnxModule
 from calibrate.gfp import GfpSchedule
@@ -25,6 +25,7 @@ from onnxprune.config import (
     TargetKind,
 )
 from onnxprune.model.batch import make_batch_free
+from onnxprune.model.graph import input_specs
 from onnxprune.model.runtime import session
 
 N = 256
@@ -85,6 +86,30 @@ def test_finetuning_lowers_the_loss_and_writes_a_valid_model(task, schedule):
     assert result.plan.after.mem <= 0.6 * result.plan.before.mem
     if schedule is Schedule.GFP:  # pruning gets at most half the budget, fine-tuning the rest
         assert result.recovery.gfp["steps"] <= 30 and log.steps >= 30
+
+
+@pytest.mark.parametrize("schedule, phases", [
+    (Schedule.ONESHOT, ["analyze", "calibrate", "plan", "surgery", "verify"]),
+    (Schedule.GFP, ["analyze", "gfp"])])
+def test_prune_analyses_once_and_recalibrates_bn_before_tuning(task, monkeypatch, schedule,
+                                                                phases):
+    """api.prune is the one orchestrator: one analysis whatever the schedule; BN statistics
+    are re-estimated on the training share, then the slice is fine-tuned."""
+    from dataclasses import replace
+
+    from onnxprune import api
+
+    calls = []
+    real = api.analyze
+    monkeypatch.setattr(api, "analyze", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model, x, y = task
+    config = _config(schedule, steps=4)
+    config = replace(config, calibration=replace(config.calibration, recalibrate_bn=True))
+    result = prune(model, config, data=[({"x": x}, y)])
+    assert len(calls) == 1
+    assert list(result.timings) == [*phases, "recalibrate_bn", "finetune"]
+    assert result.bn_samples == N - 64 and result.recovery.fidelity["samples"] == 64
+    assert result.plan.after.mem <= 0.6 * result.plan.before.mem
 
 
 def test_distillation_without_labels(task):

@@ -11,9 +11,9 @@ SGD + Nesterov, cosine lr, by `calibrate.finetune`), and evaluated on the 10,000
   images; gfp removes `--gfp-count` chunks every `--gfp-every` steps (by default as many as
   reach the target in half the budget, judged by how many units one-shot fisher removed).
 - Torch-Pruning (`torch-pruning` package): GroupTaylorImportance and GroupMagnitudeImportance
-  on the original PyTorch model, global pruning (channel by channel), the ratio bisected until our cost model's M of
-  its exported ONNX meets the target; the classifier is not pruned. Its ONNX is fine-tuned by
-  the same code as ours.
+  on the original PyTorch model, global pruning (channel by channel), the ratio bisected until
+  our cost model's M of its exported ONNX meets the target; the classifier is not pruned. Its
+  ONNX is fine-tuned by the same code as ours.
 Our rows use `--round-to 8` where that can reach the target, else the largest of 4, 2, 1 that
 can (ResNet-20 cannot reach M 0.3 keeping 8 channels per layer); the table header says which.
 Columns: top-1 (mean ± std over seeds), M, MACs, params (ratios from our cost model) and
@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 import torch
 
-from calibrate.data import input_specs, open_data
+from calibrate.data import open_data
 from calibrate.distributed import world
 from calibrate.recover import finetune_model
 from onnxprune.api import analyze, prune
@@ -55,6 +55,7 @@ from onnxprune.config import (
     Target,
     TargetKind,
 )
+from onnxprune.model.graph import input_specs
 from onnxprune.models.fashion import (
     cached_fashion_model,
     evaluate_onnx,

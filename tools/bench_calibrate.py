@@ -81,7 +81,8 @@ if mode == "native":
     for _ in range(batches):
         net(x).sum().backward()
 else:
-    from calibrate.data import open_data, input_specs
+    from calibrate.data import open_data
+    from onnxprune.model.graph import input_specs
     from calibrate.scoring import data_scores
     from onnxprune.models.zoo import Exporter, cached_model
     from onnxprune.api import analyze
