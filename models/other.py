@@ -24,8 +24,8 @@ the class-score biases to -11, so every class score would be sigmoid(-11) ~ 2e-5
 input) and BatchNorm statistics calibrated on random images with ``models.zoo``'s
 ``calibrate_batchnorm``.
 
-Exports are cached under ``$ONNXPRUNE_CACHE`` or ``~/.cache/onnxprune/other``, keyed on the
-package versions and ``WEIGHTS_VERSION``, written atomically (temp file + ``os.replace``).
+Exports are cached under ``$ONNXPRUNE_CACHE/other`` or ``~/.cache/onnxprune/other``, keyed on
+the package versions and ``WEIGHTS_VERSION``, written atomically (``model.io.write_atomic``).
 """
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ import importlib.util
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from onnxprune.model.io import cache_dir, write_atomic
 
 SEED = 0
 WEIGHTS_VERSION = 1  # bump when a builder changes the weights or the graph (cache key)
@@ -99,12 +100,6 @@ MODELS: tuple[OtherModel, ...] = (
 BY_ID = {m.id: m for m in MODELS}
 
 
-def cache_dir() -> Path:
-    """$ONNXPRUNE_CACHE, else ~/.cache/onnxprune/other."""
-    env = os.environ.get("ONNXPRUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "onnxprune" / "other"
-
-
 def build(model: OtherModel | str, cache: str | os.PathLike | None = None) -> Path:
     """Path to the model's ONNX file, exporting it into the cache on first use.
 
@@ -114,7 +109,7 @@ def build(model: OtherModel | str, cache: str | os.PathLike | None = None) -> Pa
         raise ImportError(f"{model.id} needs the optional package {PIP_NAMES[model.family]}")
     if model.family == "ocr":
         return ocr_path(model.name)
-    folder = Path(cache) if cache is not None else cache_dir()
+    folder = Path(cache) if cache is not None else cache_dir("other")
     folder.mkdir(parents=True, exist_ok=True)
     if model.family == "timm":
         return _timm(model, folder)
@@ -141,19 +136,14 @@ def _tag(family: str) -> str:
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """`write(tmp)` into a temp file beside `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        import onnx
+    """`write(tmp)` into a temp file beside `path`, checked, then moved into place."""
+    import onnx
 
+    def checked(tmp: str) -> None:
+        write(tmp)
         onnx.checker.check_model(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make the cache shareable
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+    return write_atomic(path, checked)
 
 
 def _quiet():

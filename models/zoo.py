@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import io
 import logging
 import os
 import pathlib
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 
 import onnx
 import torch
 import torchvision
+
+from onnxprune.model.io import cache_dir as project_cache_dir
+from onnxprune.model.io import write_atomic
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -162,7 +165,8 @@ def _unit_scale_layers(model: torch.nn.Module, generator: torch.Generator,
     model.eval()
     for layer in layers:
         seen = []
-        hook = layer.register_forward_hook(lambda mod, inp, out: seen.append(out.std()))
+        hook = layer.register_forward_hook(lambda mod, inp, out, seen=seen:
+                                           seen.append(out.std()))
         with torch.no_grad():
             model(images)
             hook.remove()
@@ -236,37 +240,29 @@ def export(
 ) -> pathlib.Path:
     """Export model `name` to `path` (atomically) and return the path.
 
-    The file is written to a temp file in the same directory and moved into
-    place with os.replace, so concurrent readers never see a partial model.
+    The file is written to a temp file in the same directory and moved into place
+    (`onnxprune.model.io.write_atomic`), so concurrent readers never see a partial model.
     """
     exporter = Exporter(exporter)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = build_torch_model(name, seed)
     x = example_input(image_size, seed)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with quiet(), torch.no_grad():
             if exporter is Exporter.TORCHSCRIPT:
                 _export_torchscript(model, x, tmp)
             else:
                 _export_dynamo(model, x, tmp)
         _assert_self_contained(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make the cache shareable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(path, write)
     return path
 
 
-def default_cache_dir() -> pathlib.Path:
-    """$ONNXPRUNE_CACHE, else ~/.cache/onnxprune/zoo."""
-    env = os.environ.get("ONNXPRUNE_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path.home() / ".cache" / "onnxprune" / "zoo"
+# $ONNXPRUNE_CACHE/zoo, else ~/.cache/onnxprune/zoo (the name is kept for tools/export_zoo.py)
+default_cache_dir = functools.partial(project_cache_dir, "zoo")
 
 
 def cache_file_name(name: str, exporter: Exporter, image_size: int, seed: int = 0) -> str:

@@ -1,12 +1,20 @@
-"""Options of a prune run, as one frozen dataclass and a few Enums (no magic strings)."""
+"""Options of a prune run, as one frozen dataclass and a few Enums (no magic strings).
+
+This module stays light (no onnx, onnxruntime or numpy at import time): it imports only
+`onnxprune.bench.base`, itself light, for BackendKind. What runs a LatencyConfig (its backend,
+its checks) is in `onnxprune.latency.options`.
+"""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # onnxprune.latency imports onnxruntime; config stays light
-    from onnxprune.latency import LatencyConfig
+from onnxprune.bench.base import BackendKind
+
+if TYPE_CHECKING:  # calibrate.datatypes imports only onnxprune.errors: no cycle, no torch
+    from calibrate.datatypes import ImageOptions
 
 
 class TargetKind(enum.Enum):
@@ -50,8 +58,31 @@ class CalibrationConfig:
     no_labels: bool = False          # ignore labels even where the data has them
     progress: bool = False           # a progress line on stderr
     device: str | None = None        # "cpu" / "cuda"; default: cuda when available
-    image: object | None = None      # calibrate.data.ImageOptions for image folders
+    image: ImageOptions | None = None  # image folders: resize, crop, normalise
     recalibrate_bn: bool = False     # re-estimate BN statistics of the slice (calibrate/bn.py)
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is measured: backend, runs, cache."""
+    backend: BackendKind = BackendKind.ORT_CPU
+    runs: int = 20                  # end-to-end: interleaved rounds of original and pruned
+    warmup: int = 3
+    table_runs: int = 10            # per-layer table: interleaved rounds of a layer's widths
+    threads: int | None = None      # onnxruntime intra-op threads (None: its default)
+    cache_dir: Path | None = None   # None: onnxprune.model.io.cache_dir("latency")
+    retries: int = 2                # --target-latency: re-plans when the measured ratio misses
+    spinning: bool = False          # onnxruntime idle-worker spinning (model.runtime.session:
+                                    # off, so interleaved sessions do not steal each other's
+                                    # cores)
+
+    @property
+    def cache(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        from onnxprune.model.io import cache_dir  # imports onnx: only when a table is cached
+
+        return cache_dir("latency")
 
 
 @dataclass(frozen=True)
@@ -66,6 +97,7 @@ class PruneConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     finetune: FinetuneConfig | None = None   # recovery (calibrate.recover); None: no training
     latency: LatencyConfig | None = None  # backend, runs, cache; None: the defaults (ort-cpu)
+    keep: tuple[str, ...] = ()   # tensors / nodes whose channels stay (onnxprune.analysis.keep)
 
     @property
     def uses_latency(self) -> bool:

@@ -11,7 +11,8 @@ import pytest
 
 from onnxprune.api import prune
 from onnxprune.bench import backends
-from onnxprune.bench.backends import BackendKind, BackendUnavailable, unavailable_reason
+from onnxprune.bench.backends import unavailable_reason
+from onnxprune.bench.base import BackendKind, BackendUnavailable
 from onnxprune.bench.cli import main, run_bench
 from onnxprune.config import PruneConfig, Target, TargetKind
 from onnxprune.errors import UserError
@@ -113,8 +114,12 @@ def test_dynamic_spatial_dims_are_a_user_error(tmp_path):
     model = small_resnet(width=8)
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     onnx.save(model, tmp_path / "dyn.onnx")
-    with pytest.raises(UserError, match="dynamic dimension 'H'"):
+    with pytest.raises(UserError, match="dynamic dimension 'H'.*bench needs static shapes"):
         run_bench([str(tmp_path / "dyn.onnx")] + FAST)
+
+
+def test_engine_cache_is_the_project_cache(isolated_cache):
+    assert backends.BackendOptions().cache_dir == isolated_cache / "engines"
 
 
 def test_main_prints_one_line_and_exits_2(capsys):

@@ -54,3 +54,24 @@ def test_bench_does_not_import_torch():
     code = "import sys, onnxprune.bench.onnxruntime; assert 'torch' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_random_feeds_rule_and_one_session_factory(tmp_path):
+    """Floats N(0, 1), integers in [0, 4), booleans random; same seed, same feeds; the session
+    factory takes a path or a ModelProto with the bench options."""
+    from onnxprune.model.graph import InputSpec
+    from onnxprune.model.runtime import random_feeds, session
+
+    specs = [InputSpec("f", (64,), np.dtype(np.float32)), InputSpec("i", (64,), np.dtype(np.int64)),
+             InputSpec("b", (64,), np.dtype(np.bool_))]
+    feeds = random_feeds(specs, 3)
+    assert feeds["f"].dtype == np.float32 and feeds["f"].std() > 0.5
+    assert feeds["i"].dtype == np.int64 and set(np.unique(feeds["i"])) <= {0, 1, 2, 3}
+    assert len(np.unique(feeds["i"])) > 1 and 0 < feeds["b"].sum() < 64
+    assert all((feeds[k] == random_feeds(specs, 3)[k]).all() for k in feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_model(4), str(path))
+    x = {"x": np.ones((2, 3, 16, 16), np.float32)}
+    a = session(path, threads=1, spinning=False, quiet=True).run(None, x)[0]
+    b = session(_conv_model(4), optimize=False, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -77,7 +77,8 @@ def test_fp16_model_prunes(tmp_path):
     for vi in list(model.graph.input) + list(model.graph.output):
         vi.type.tensor_type.elem_type = TensorProto.FLOAT16
     onnx.save(model, tmp_path / "h.onnx")
-    assert main([str(tmp_path / "h.onnx"), "--target-mem", "0.6", "-o", str(tmp_path / "o.onnx")]) == 0
+    assert main([str(tmp_path / "h.onnx"), "--target-mem", "0.6",
+                 "-o", str(tmp_path / "o.onnx")]) == 0
     pruned = onnx.load(tmp_path / "o.onnx")
     assert pruned.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
 
@@ -100,10 +101,10 @@ while True:
 @pytest.mark.parametrize("form", ["inline", "external"])
 def test_killed_while_writing_leaves_old_or_no_file(tmp_path, form):
     """SIGKILL at random moments of a 128 MB write: the output is absent or a complete model.
-    With external data, never an earlier model beside a newer data file (graph.save_atomic)."""
+    With external data, never an earlier model beside a newer data file (model.io.save_atomic)."""
     out = tmp_path / "out.onnx"
     rng = np.random.default_rng(0)
-    for attempt, value in enumerate([1.0, 2.0, 3.0, 4.0]):
+    for value in [1.0, 2.0, 3.0, 4.0]:
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), str(value), form],
                                 stdout=subprocess.PIPE)
         assert proc.stdout.readline().startswith(b"ready")

@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 
 from onnxprune import api
-from onnxprune.bench.backends import BackendKind, unavailable_reason
+from onnxprune.bench.backends import unavailable_reason
+from onnxprune.bench.base import BackendKind
 from onnxprune.bench.onnxruntime import LatencyStats
 from onnxprune.cli.main import main
 from onnxprune.config import Normalize, PruneConfig, Target, TargetKind
@@ -88,7 +89,8 @@ def test_table_cache_is_reused(monkeypatch, cache):
     calls = []
     for name in ("time_layer", "time_models"):
         real = getattr(table, name)
-        monkeypatch.setattr(table, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+        monkeypatch.setattr(table, name,
+                            lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     model = small_resnet(width=16)
     first = attach(api.analyze(model), QUICK)
     timed = len(calls)
@@ -193,6 +195,24 @@ def test_latency_option_errors(case, latency_net, tmp_path, capsys):
     assert main([str(latency_net), "--target-latency", "0.7", *extra]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert _files(tmp_path) == before
+
+
+def test_config_is_light_and_latency_config_lives_there():
+    """onnxprune.config (LatencyConfig included) imports neither onnxruntime nor onnx."""
+    import subprocess
+    import sys
+
+    code = ("import sys, onnxprune.config as c; "
+            "assert not {'onnxruntime', 'onnx', 'numpy'} & set(sys.modules), sorted(sys.modules); "
+            "assert c.LatencyConfig().backend is c.BackendKind.ORT_CPU")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from onnxprune import config
+
+    assert LatencyConfig is config.LatencyConfig  # onnxprune.latency re-exports it
+
+
+def test_latency_cache_is_the_project_cache(cache):
+    assert LatencyConfig().cache == cache / "latency"
 
 
 def test_latency_with_finetuning_is_refused_before_work(monkeypatch):

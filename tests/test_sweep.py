@@ -4,7 +4,8 @@ import json
 import onnx
 import pytest
 
-from onnxprune.bench.backends import BackendKind, unavailable_reason
+from onnxprune.bench.backends import unavailable_reason
+from onnxprune.bench.base import BackendKind
 from onnxprune.cli.main import main
 from onnxprune.cli.sweep import sweep, sweep_record, sweep_text
 from onnxprune.config import PruneConfig, Target, TargetKind

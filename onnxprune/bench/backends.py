@@ -8,72 +8,41 @@ inputs that already live on the device, so host-device copies are not part of th
 onnxruntime-gpu lists the CUDA and TensorRT providers as available even without a GPU and then
 silently runs on the CPU; so a session's *active* provider is checked after it is created, and
 a backend that cannot run raises `BackendUnavailable` (a UserError: one line, exit 2).
-TensorRT itself lives in tensorrt.py and is imported only when asked for.
+TensorRT itself lives in tensorrt.py and is imported only when asked for. The shared types
+(BackendKind, BackendOptions, BackendUnavailable, Feeds, Backend) live in base.py, which
+tensorrt.py imports; this factory imports both, never the other way round. Sessions come from
+`onnxprune.model.runtime.session`.
 """
 from __future__ import annotations
 
-import enum
-import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from onnxprune.bench.onnxruntime import cpu_timer, make_session
-from onnxprune.errors import UserError
+from onnxprune.bench.base import (
+    Backend,
+    BackendKind,
+    BackendOptions,
+    BackendUnavailable,
+    Feeds,
+)
+from onnxprune.bench.onnxruntime import cpu_timer
 from onnxprune.model.batch import batch_free
 from onnxprune.model.graph import graph_inputs
+from onnxprune.model.runtime import session
 
-Feeds = dict[str, np.ndarray]
+# the shared types live in base.py; they are re-exported here for callers of the factory
+__all__ = ["BATCH_PARAM", "Backend", "BackendKind", "BackendOptions", "BackendUnavailable",
+           "Feeds", "OrtBackend", "batch_dims", "get_backend", "needs_rebatch",
+           "unavailable_reason", "with_batch"]
+
 BATCH_PARAM = "batch"
-
-
-class BackendUnavailable(UserError):
-    """The requested backend cannot run on this machine (missing package, provider or GPU)."""
-
-
-class BackendKind(enum.Enum):
-    ORT_CPU = "ort-cpu"
-    ORT_CUDA = "ort-cuda"
-    ORT_TRT = "ort-trt"
-    TENSORRT = "tensorrt"
-
-
-def default_cache_dir() -> Path:
-    """$ONNXPRUNE_ENGINE_CACHE, else ~/.cache/onnxprune/engines (TensorRT engines)."""
-    env = os.environ.get("ONNXPRUNE_ENGINE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "onnxprune" / "engines"
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    threads: int | None = None                      # onnxruntime intra-op threads
-    spinning: bool = True                           # onnxruntime workers spin while idle
-    cache_dir: Path = field(default_factory=default_cache_dir)
-
-
-class Backend(Protocol):
-    name: str
-    supports_fp16: bool
-
-    def check(self) -> None:
-        """Raise BackendUnavailable with one clear line if this backend cannot run here."""
-
-    def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> Any:
-        """A runner for `model` (already re-batched) at `batch`."""
-
-    def run(self, runner: Any, feeds: Feeds) -> list[np.ndarray]:
-        """Outputs on the host, in graph output order."""
-
-    def timer(self, runner: Any, feeds: Feeds) -> Callable[[], float]:
-        """A closure that runs once on `feeds` and returns the elapsed milliseconds."""
 
 
 def _probe_model() -> onnx.ModelProto:
@@ -115,14 +84,14 @@ class OrtBackend:
     def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> ort.InferenceSession:
         with warnings.catch_warnings():  # "provider not available": checked right below
             warnings.simplefilter("ignore")
-            session = make_session(model, self.options.threads, self._providers(fp16), quiet=True,
-                                   spinning=self.options.spinning)
-        active = session.get_providers()[0]
+            sess = session(model, threads=self.options.threads, quiet=True,
+                           spinning=self.options.spinning, providers=self._providers(fp16))
+        active = sess.get_providers()[0]
         if active != self.provider:
             raise BackendUnavailable(
                 f"{self.name} backend unavailable: onnxruntime fell back to {active} (no usable "
                 f"GPU, or the CUDA / cuDNN / TensorRT libraries are missing)")
-        return session
+        return sess
 
     def run(self, runner: ort.InferenceSession, feeds: Feeds) -> list[np.ndarray]:
         return runner.run(None, feeds)
@@ -133,17 +102,17 @@ class OrtBackend:
         return _device_timer(runner, feeds)
 
 
-def _device_timer(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], float]:
+def _device_timer(sess: ort.InferenceSession, feeds: Feeds) -> Callable[[], float]:
     """Inputs and outputs bound to GPU memory once (IOBinding); each call times one run."""
-    binding = session.io_binding()
+    binding = sess.io_binding()
     for name, value in feeds.items():
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
-    for out in session.get_outputs():
+    for out in sess.get_outputs():
         binding.bind_output(out.name, "cuda", 0)
 
     def timed() -> float:
         t0 = time.perf_counter_ns()
-        session.run_with_iobinding(binding)
+        sess.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return (time.perf_counter_ns() - t0) / 1e6
     return timed
@@ -169,41 +138,7 @@ def unavailable_reason(kind: BackendKind, options: BackendOptions | None = None)
     return None
 
 
-# --- the model side: batch sizes and random feeds ------------------------------------------
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
-def input_specs(model: onnx.ModelProto, batch: int, label: str) -> list[InputSpec]:
-    """Every real input with dim 0 set to `batch`; other dims must be static."""
-    specs = []
-    for inp in graph_inputs(model):
-        tt = inp.type.tensor_type
-        shape = []
-        for axis, d in enumerate(tt.shape.dim):
-            if axis == 0:
-                shape.append(batch)
-            elif d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(d.dim_value)
-            else:
-                raise UserError(f"{label}: input {inp.name!r} has a dynamic dimension "
-                                f"{d.dim_param or '?'!r} at axis {axis}; bench needs static "
-                                f"shapes apart from the batch")
-        specs.append(InputSpec(inp.name, tuple(shape),
-                               np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
-    return specs
-
-
-def random_feeds(specs: list[InputSpec], seed: int) -> Feeds:
-    """Floats ~ N(0, 1); integer and boolean inputs are zeros."""
-    rng = np.random.default_rng(seed)
-    return {s.name: (rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f"
-                     else np.zeros(s.shape, s.dtype)) for s in specs}
-
+# --- the model side: batch sizes ------------------------------------------------------------
 
 def _dim0(vi: onnx.ValueInfoProto) -> onnx.TensorShapeProto.Dimension | None:
     tt = vi.type.tensor_type

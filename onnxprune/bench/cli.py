@@ -25,30 +25,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.bench.backends import (
-    Backend,
-    BackendKind,
-    BackendOptions,
-    BackendUnavailable,
-    batch_dims,
-    get_backend,
-    input_specs,
-    needs_rebatch,
-    random_feeds,
-    with_batch,
-)
-from onnxprune.bench.onnxruntime import LatencyStats, interleave, make_session, summarize
+from onnxprune.bench.backends import batch_dims, get_backend, needs_rebatch, with_batch
+from onnxprune.bench.base import Backend, BackendKind, BackendOptions, BackendUnavailable
+from onnxprune.bench.onnxruntime import LatencyStats, interleave, summarize
+from onnxprune.cli.args import Parser
 from onnxprune.errors import UserError, first_line
-from onnxprune.model.graph import graph_inputs
+from onnxprune.model.graph import InputSpec, graph_inputs, input_specs
 from onnxprune.model.io import load
+from onnxprune.model.runtime import random_feeds, session
 
 DEFAULT_RUNS = 30
 TOLERANCE = {False: 1e-3, True: 1e-2}  # relative output error vs ORT CPU: fp32, fp16
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other user error
-        raise UserError(message)
 
 
 def _number(kind: type, low: float, what: str):
@@ -74,8 +61,8 @@ def _batches(text: str) -> list[int]:
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune bench", description="Latency, p90 and throughput of ONNX "
-                "models, interleaved so drift cancels; speed-up of each over the first.")
+    p = Parser(prog="onnxprune bench", description="Latency, p90 and throughput of ONNX "
+               "models, interleaved so drift cancels; speed-up of each over the first.")
     p.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files; the first is the "
                    "baseline of the speed-ups")
     p.add_argument("--backend", choices=[k.value for k in BackendKind], default="ort-cpu",
@@ -94,7 +81,7 @@ def bench_parser() -> argparse.ArgumentParser:
                           help="time rounds for S seconds per batch size instead")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cache-dir", metavar="DIR", help="TensorRT engine cache "
-                   "(default $ONNXPRUNE_ENGINE_CACHE or ~/.cache/onnxprune/engines)")
+                   "(default $ONNXPRUNE_CACHE/engines or ~/.cache/onnxprune/engines)")
     p.add_argument("--layers", type=_number(int, 1, ">= 1"), metavar="N",
                    help="tensorrt: the N slowest layers of each model at the first batch size")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -154,16 +141,27 @@ def _check_rebatched(model: onnx.ModelProto, outputs: list[np.ndarray], batch: i
                              f"(a Reshape or a constant bakes in batch {own_batch})")
 
 
+def bench_specs(model: onnx.ModelProto, batch: int, label: str) -> list[InputSpec]:
+    """`onnxprune.model.graph.input_specs` at `batch`, its error said for bench: there is no
+    --input-shape here, every dimension but the batch must be static."""
+    try:
+        return input_specs(model, batch)
+    except UserError as exc:
+        reason = str(exc).partition(": pass --input-shape")[0]
+        raise UserError(f"{label}: {reason}; bench needs static shapes apart from the "
+                        f"batch") from None
+
+
 def _prepare(backend: Backend, model: onnx.ModelProto, label: str, batch: int, args,
              cell: Cell):
     """(runner, feeds) after one checked run; fills the comparison with ORT CPU."""
     rebatched = with_batch(model, batch)
-    feeds = random_feeds(input_specs(rebatched, batch, label), args.seed)
+    feeds = random_feeds(bench_specs(rebatched, batch, label), args.seed)
     runner = backend.prepare(rebatched, batch, args.fp16)
     outputs = backend.run(runner, feeds)
     _check_rebatched(model, outputs, batch)
     if backend.name != BackendKind.ORT_CPU.value:
-        reference = make_session(rebatched, args.threads, quiet=True).run(None, feeds)
+        reference = session(rebatched, threads=args.threads, quiet=True).run(None, feeds)
         cell.comparison = compare(outputs, reference, args.fp16)
     return runner, feeds
 
@@ -272,7 +270,7 @@ def run_bench(argv: list[str]) -> int:
     backend = _backend(args)
     models = [load(path) for path in args.models]
     for model, label in zip(models, args.models):
-        input_specs(model, 1, label)  # dynamic non-batch dims: a user error, before any work
+        bench_specs(model, 1, label)  # dynamic non-batch dims: a user error, before any work
     backend.check()
     columns = [bench_batch(backend, models, args.models, batch, args) for batch in args.batch]
     table = [[column[i] for column in columns] for i in range(len(models))]

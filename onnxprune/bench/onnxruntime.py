@@ -3,24 +3,23 @@
 Comparing a pruned model with its original by timing one after the other is
 skewed by machine drift (thermal throttling, turbo, noisy neighbours). Here
 round r runs model 0, model 1, ... once each, so slow phases hit every model
-alike, and medians are robust to the occasional outlier.
+alike, and medians are robust to the occasional outlier. Sessions come from
+`onnxprune.model.runtime.session`, random inputs from its `random_feeds`.
 
 This module must not import torch (it is used in torch-free installs).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-ModelLike = onnx.ModelProto | str | os.PathLike[str]
+from onnxprune.model.graph import InputSpec
+from onnxprune.model.runtime import ModelLike, random_feeds, session
 
 # ORT input type string -> numpy dtype.
 _ORT_DTYPES: dict[str, np.dtype] = {
@@ -46,54 +45,20 @@ class LatencyStats:
     provider: str
 
 
-def make_session(model: ModelLike, threads: int | None = None,
-                 providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
-                 quiet: bool = False, spinning: bool = True) -> ort.InferenceSession:
-    """InferenceSession with all graph optimisations enabled (CPU unless `providers` says).
-
-    onnxruntime silently falls back to the CPU when a requested provider cannot start:
-    callers that asked for another one must check `session.get_providers()`. `quiet` also
-    silences the error log of failures the caller reports itself. `spinning=False` stops idle
-    intra-op workers from busy-waiting: with several sessions alive (interleaved timing) the
-    idle ones' spinning workers otherwise steal the running one's cores (on a busy 2-core
-    machine, ResNet-18 took 89 ms interleaved with spinning, 37 ms without).
-    """
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 4 if quiet else 3
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    source: str | bytes
-    if isinstance(model, onnx.ModelProto):
-        source = model.SerializeToString()
-    else:
-        source = str(Path(model))
-    return ort.InferenceSession(source, opts, providers=list(providers))
-
-
 def _concrete_shape(shape: Sequence[int | str | None]) -> tuple[int, ...]:
     """Replace symbolic / unknown dims (e.g. batch) with 1."""
     return tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
 
 
-def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds for every model input: floats ~ N(0, 1), integers/bools 0."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for inp in session.get_inputs():
+def session_specs(sess: ort.InferenceSession) -> list[InputSpec]:
+    """The session's inputs as InputSpecs, symbolic dims as 1 (for `random_feeds`)."""
+    specs = []
+    for inp in sess.get_inputs():
         dtype = _ORT_DTYPES.get(inp.type)
         if dtype is None:
             raise ValueError(f"unsupported input type {inp.type} for input {inp.name!r}")
-        shape = _concrete_shape(inp.shape)
-        if dtype.kind == "f":
-            feeds[inp.name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
-        else:
-            feeds[inp.name] = np.zeros(shape, dtype=dtype)
-    return feeds
+        specs.append(InputSpec(inp.name, _concrete_shape(inp.shape), dtype))
+    return specs
 
 
 def summarize(times_ms: Sequence[float], provider: str) -> LatencyStats:
@@ -130,12 +95,12 @@ def interleave(timers: Sequence[Callable[[], float]], runs: int | None = 30, war
     return times
 
 
-def cpu_timer(session: ort.InferenceSession, feeds: dict[str, np.ndarray]
+def cpu_timer(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]
               ) -> Callable[[], float]:
-    """A timer for `interleave`: one host-clocked `session.run` in milliseconds."""
+    """A timer for `interleave`: one host-clocked `sess.run` in milliseconds."""
     def timed() -> float:
         t0 = time.perf_counter_ns()
-        session.run(None, feeds)
+        sess.run(None, feeds)
         return (time.perf_counter_ns() - t0) / 1e6
     return timed
 
@@ -155,7 +120,7 @@ def latency_interleaved(
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got {runs=}, {warmup=}")
-    sessions = [make_session(m, threads) for m in models]
-    timers = [cpu_timer(s, random_inputs(s, seed)) for s in sessions]
+    sessions = [session(m, threads=threads) for m in models]
+    timers = [cpu_timer(s, random_feeds(session_specs(s), seed)) for s in sessions]
     times = interleave(timers, runs=runs, warmup=warmup)
     return [summarize(t, s.get_providers()[0]) for t, s in zip(times, sessions)]

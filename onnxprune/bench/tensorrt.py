@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.bench.backends import BackendOptions, BackendUnavailable, Feeds, input_specs
+from onnxprune.bench.base import BackendOptions, BackendUnavailable, Feeds
 from onnxprune.errors import UserError
+from onnxprune.model.graph import input_specs
 from onnxprune.model.io import write_bytes_atomic
 
 
@@ -118,7 +119,7 @@ class TensorRTBackend:
 
     def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> TrtRunner:
         trt, torch = _modules()
-        shapes = {s.name: s.shape for s in input_specs(model, batch, "model")}
+        shapes = {s.name: s.shape for s in input_specs(model, batch)}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(self._engine(trt, model, batch, fp16, shapes))
         if engine is None:

@@ -12,48 +12,29 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
 from pathlib import Path
 
-from onnxprune.cli.data import add_data, add_finetune, calibration, criterion, finetune
-from onnxprune.config import (
-    Criterion,
-    Normalize,
-    PruneConfig,
-    Target,
-    TargetKind,
+from onnxprune.cli.args import (
+    CRITERIA,
+    Parser,
+    add_bench,
+    add_shape,
+    fraction,
+    input_shapes,
+    latency_config,
+    prune_config,
 )
+from onnxprune.cli.data import add_data, add_finetune
+from onnxprune.config import Normalize, Target, TargetKind
 from onnxprune.errors import UserError, VerificationError
-
-CRITERIA = [c.value for c in Criterion]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other user error
-        raise UserError(message)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction strictly between 0 and 1")
-    return value
-
-
-def _add_shape(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", metavar="SHAPES",
-                   help="static input shape: 1x3x224x224, or name:1x3x640x640,other:1x4")
 
 
 def prune_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune", description="Prune coupled channels of an ONNX CNN to a "
-                "target and prove the result equals the original minus those channels. "
-                "`onnxprune analyze MODEL` shows the channel groups.")
+    p = Parser(prog="onnxprune", description="Prune coupled channels of an ONNX CNN to a "
+               "target and prove the result equals the original minus those channels. "
+               "`onnxprune analyze MODEL` shows the channel groups.")
     p.add_argument("model", help="input .onnx (never modified)")
     targets = p.add_mutually_exclusive_group(required=True)
     what = {TargetKind.MEM: "feature-map memory M (elements of every Conv / Gemm / MatMul "
@@ -61,7 +42,7 @@ def prune_parser() -> argparse.ArgumentParser:
             TargetKind.FLOPS: "multiply-accumulates", TargetKind.PARAMS: "parameters",
             TargetKind.LATENCY: "the latency measured on --bench BACKEND (default ort-cpu)"}
     for kind in TargetKind:
-        targets.add_argument(f"--target-{kind.value}", type=_fraction, metavar="F",
+        targets.add_argument(f"--target-{kind.value}", type=fraction, metavar="F",
                              help=f"keep {what[kind]} <= F x the original's, 0 < F < 1")
     p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx)")
     p.add_argument("--criterion", choices=CRITERIA, default=None,
@@ -73,47 +54,15 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=8, metavar="N",
                    help="keep each layer group a multiple of N channels where it was one "
                         "(default 8; 1 turns rounding off)")
-    _add_shape(p)
+    add_shape(p)
     p.add_argument("--report", metavar="JSON", help="write a machine-readable record")
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and inputs")
     p.add_argument("--plots", metavar="DIR", help="write groups.png, costs.png and summary.md "
                    "to DIR (created if missing; needs matplotlib)")
-    _add_bench(p)
+    add_bench(p)
     add_data(p)
     add_finetune(p)
     return p
-
-
-def _add_bench(p: argparse.ArgumentParser) -> None:
-    from onnxprune.bench.backends import BackendKind
-
-    b = p.add_argument_group("latency")
-    b.add_argument("--bench", metavar="BACKEND", choices=[k.value for k in BackendKind],
-                   help="measure latency before and after, interleaved, on ort-cpu, ort-cuda, "
-                        "ort-trt or tensorrt; also the backend of --target-latency (ort-cpu)")
-    b.add_argument("--bench-runs", type=int, default=20, metavar="N",
-                   help="timed interleaved runs per model (default 20)")
-    b.add_argument("--bench-threads", type=int, default=None, metavar="N",
-                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 is "
-                        "steadier on a busy machine)")
-
-
-def _latency(args, needed: bool):
-    """The LatencyConfig when latency is measured or targeted, its backend checked (an
-    unavailable one is a one-line error before any work); else None."""
-    if not (needed or args.bench):
-        return None
-    from onnxprune.bench.backends import BackendKind
-    from onnxprune.latency import LatencyConfig
-
-    for flag, value in (("--bench-runs", args.bench_runs), ("--bench-threads", args.bench_threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be >= 1")
-    config = LatencyConfig(backend=BackendKind(args.bench or BackendKind.ORT_CPU.value),
-                           runs=args.bench_runs, table_runs=min(args.bench_runs, 10),
-                           threads=args.bench_threads)
-    config.check()
-    return config
 
 
 def _plots_dir(args) -> Path | None:
@@ -130,10 +79,10 @@ def _plots_dir(args) -> Path | None:
 
 
 def analyze_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune analyze", description="Show layer groups, costs, and what "
-                "each target can reach.")
+    p = Parser(prog="onnxprune analyze", description="Show layer groups, costs, and what "
+               "each target can reach.")
     p.add_argument("model")
-    _add_shape(p)
+    add_shape(p)
     p.add_argument("--round-to", type=int, default=8, metavar="N")
     return p
 
@@ -150,26 +99,10 @@ def _output_path(args) -> Path:
     return out
 
 
-def _normalize(args, kind: TargetKind) -> Normalize:
-    if args.normalize is not None:
-        return Normalize(args.normalize)
-    return Normalize.LATENCY if kind is TargetKind.LATENCY else Normalize.MEM
-
-
-def _config(args, shapes, latency=None) -> PruneConfig:
+def _target(args) -> Target:
+    """The one --target-<kind> given (argparse requires exactly one)."""
     kind = next(k for k in TargetKind if getattr(args, f"target_{k.value}") is not None)
-    if args.round_to < 1:
-        raise UserError(f"--round-to {args.round_to}: must be >= 1")
-    return PruneConfig(target=Target(kind, getattr(args, f"target_{kind.value}")),
-                       criterion=criterion(args), normalize=_normalize(args, kind),
-                       round_to=args.round_to, seed=args.seed, input_shapes=shapes,
-                       calibration=calibration(args), finetune=finetune(args), latency=latency)
-
-
-def _shapes(args, model) -> dict:
-    from onnxprune.model.graph import graph_inputs, parse_input_shapes
-
-    return parse_input_shapes(args.input_shape, [i.name for i in graph_inputs(model)])
+    return Target(kind, getattr(args, f"target_{kind.value}"))
 
 
 def run_prune(argv: list[str]) -> int:
@@ -183,9 +116,10 @@ def run_prune(argv: list[str]) -> int:
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise UserError(f"{args.report}: report folder does not exist")
     plots = _plots_dir(args)
-    latency = _latency(args, args.target_latency is not None or args.normalize == "latency")
+    latency = latency_config(args, args.target_latency is not None
+                             or args.normalize == "latency")
     model = load(args.model)
-    config = _config(args, _shapes(args, model), latency)
+    config = prune_config(args, _target(args), input_shapes(args, model), latency)
     if args.data and not os.path.exists(args.data):
         raise UserError(f"{args.data}: no such file or folder")
     result, extra = prune_measured(model, config, data=args.data, bench=bool(args.bench))
@@ -212,7 +146,7 @@ def run_analyze(argv: list[str]) -> int:
 
     args = analyze_parser().parse_args(argv)
     model = load(args.model)
-    analysis = analyze(model, _shapes(args, model))
+    analysis = analyze(model, input_shapes(args, model), args.keep)
     minimum = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, args.round_to)
     print(analysis_text(analysis, minimum))
     return 0

@@ -26,7 +26,18 @@ from pathlib import Path
 import onnx
 
 from onnxprune import __version__
-from onnxprune.config import PruneConfig, Target, TargetKind
+from onnxprune.cli.args import (
+    CRITERIA,
+    Parser,
+    add_bench,
+    add_shape,
+    fraction,
+    input_shapes,
+    latency_config,
+    prune_config,
+)
+from onnxprune.cli.data import add_data
+from onnxprune.config import LatencyConfig, Normalize, PruneConfig, Target, TargetKind
 from onnxprune.errors import UserError
 
 Evaluate = Callable[[onnx.ModelProto], float]
@@ -49,19 +60,19 @@ class SweepPoint:
         return getattr(after, field) / b if b else 1.0
 
 
-def sweep(model: onnx.ModelProto, targets: list[float], config: PruneConfig, latency,
-          data=None, evaluate: Evaluate | None = None) -> list[SweepPoint]:
+def sweep(model: onnx.ModelProto, targets: list[float], config: PruneConfig,
+          latency: LatencyConfig, data=None, evaluate: Evaluate | None = None) -> list[SweepPoint]:
     """The original (first) and one verified prune per target, all timed in one interleaved
     measurement on `latency` (a LatencyConfig). Raises UserError if a target cannot be met."""
     from onnxprune.api import prune
     from onnxprune.latency.measure import measure
 
     points, scores = [], None
-    for fraction in targets:
-        result = prune(model, replace(config, target=Target(config.target.kind, fraction)),
+    for goal in targets:
+        result = prune(model, replace(config, target=Target(config.target.kind, goal)),
                        scores=scores, data=data)
         scores = result.scores
-        points.append(SweepPoint(fraction, result.model, result))
+        points.append(SweepPoint(goal, result.model, result))
     points.insert(0, SweepPoint(1.0, points[0].result.analysis.model))
     for point, stats in zip(points, measure([p.model for p in points], latency, config.seed)):
         point.latency = stats
@@ -69,7 +80,8 @@ def sweep(model: onnx.ModelProto, targets: list[float], config: PruneConfig, lat
     return points
 
 
-def sweep_record(points: list[SweepPoint], config: PruneConfig, latency, source: str) -> dict:
+def sweep_record(points: list[SweepPoint], config: PruneConfig, latency: LatencyConfig,
+                 source: str) -> dict:
     base = points[0].latency.median_ms
     return {"onnxprune": __version__, "input": source, "target_kind": config.target.kind.value,
             "criterion": config.criterion.value, "normalize": config.normalize.value,
@@ -124,23 +136,17 @@ def sweep_markdown(record: dict) -> str:
 
 
 def _targets(text: str) -> list[float]:
-    from onnxprune.cli.main import _fraction
-
-    values = [_fraction(part.strip()) for part in text.split(",")]
+    values = [fraction(part.strip()) for part in text.split(",")]
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"{text!r}: targets must be distinct")
     return sorted(values, reverse=True)
 
 
 def sweep_parser() -> argparse.ArgumentParser:
-    from onnxprune.cli.data import add_data
-    from onnxprune.cli.main import CRITERIA, _add_bench, _add_shape, _Parser
-    from onnxprune.config import Normalize
-
-    p = _Parser(prog="onnxprune sweep", description="Prune to several targets and time the "
-                "original and every result interleaved: a table, sweep.json, sweep.png, "
-                "sweep.md. --data scores the channels (fisher by default); accuracy is not "
-                "evaluated yet (null in sweep.json).")
+    p = Parser(prog="onnxprune sweep", description="Prune to several targets and time the "
+               "original and every result interleaved: a table, sweep.json, sweep.png, "
+               "sweep.md. --data scores the channels (fisher by default); accuracy is not "
+               "evaluated yet (null in sweep.json).")
     p.add_argument("model", help="input .onnx (never modified)")
     p.add_argument("--targets", type=_targets, required=True, metavar="F,F,...",
                    help="fractions strictly between 0 and 1, e.g. 0.9,0.7,0.5,0.3")
@@ -151,8 +157,8 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=8, metavar="N")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <model>.sweep)")
     p.add_argument("--seed", type=int, default=0)
-    _add_shape(p)
-    _add_bench(p)
+    add_shape(p)
+    add_bench(p)
     add_data(p)
     return p
 
@@ -165,19 +171,6 @@ def _out_dir(args) -> Path:
     if not out.parent.resolve().is_dir():
         raise UserError(f"{out.parent}: output folder's parent does not exist")
     return out
-
-
-def _config(args, shapes, latency) -> PruneConfig:
-    from onnxprune.cli.data import calibration, criterion
-    from onnxprune.cli.main import _normalize
-
-    if args.round_to < 1:
-        raise UserError(f"--round-to {args.round_to}: must be >= 1")
-    kind = TargetKind(args.target_kind)
-    return PruneConfig(target=Target(kind, args.targets[0]), criterion=criterion(args),
-                       normalize=_normalize(args, kind), round_to=args.round_to,
-                       seed=args.seed, input_shapes=shapes, calibration=calibration(args),
-                       latency=latency)
 
 
 def _write(points: list[SweepPoint], record: dict, out: Path) -> None:
@@ -200,14 +193,14 @@ def _write(points: list[SweepPoint], record: dict, out: Path) -> None:
 def run_sweep(argv: list[str]) -> int:
     import os
 
-    from onnxprune.cli.main import _latency, _shapes
     from onnxprune.model.io import load
 
     args = sweep_parser().parse_args(argv)
     out = _out_dir(args)
-    latency = _latency(args, needed=True)  # always timed; backend checked before any work
+    latency = latency_config(args, needed=True)  # always timed; backend checked before any work
     model = load(args.model)
-    config = _config(args, _shapes(args, model), latency)
+    target = Target(TargetKind(args.target_kind), args.targets[0])
+    config = prune_config(args, target, input_shapes(args, model), latency)
     if args.data and not os.path.exists(args.data):
         raise UserError(f"{args.data}: no such file or folder")
     points = sweep(model, args.targets, config, latency, data=args.data)

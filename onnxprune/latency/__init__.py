@@ -9,8 +9,10 @@ layer's latency per channel, and the importance of a group is normalised by that
 
 Here (one mechanism for every cost):
 
-- layers.py / table.py: each Conv / ConvTranspose / Gemm / MatMul is timed alone at 4 x 4
-  widths on the chosen backend (onnxprune.bench), cached per model hash and backend;
+- options.py: the backend a LatencyConfig (onnxprune.config) measures on, and its checks;
+- layers.py / table.py: each Conv / ConvTranspose / Gemm / MatMul is timed alone at 5 x 5
+  widths on the chosen backend (onnxprune.bench), cached per model hash and backend in
+  `onnxprune.model.io.cache_dir("latency")`;
 - term.py: `LatencyTerm` turns the table into latency(kept channels) and the per-channel drop;
   attached as `CostModel.latency` it makes `Costs.latency` and `CostModel.per_node_latency`
   exist, so `TargetKind.LATENCY` and `Normalize.LATENCY` go through the planner exactly like
@@ -20,7 +22,8 @@ Here (one mechanism for every cost):
 """
 from __future__ import annotations
 
-from onnxprune.latency.options import LatencyConfig, default_cache_dir
+from onnxprune.analysis.flow import ParamKey
+from onnxprune.config import LatencyConfig
 from onnxprune.latency.table import latency_table
 from onnxprune.latency.term import LatencyTerm
 
@@ -30,8 +33,8 @@ def prunable_axes(channels) -> set[tuple[str, int]]:
     axes = set()
     for key, info in channels.spaces.items():
         labels = channels.labels[info.offset:info.offset + info.size]
-        if key[0] == "p" and not channels.blocked[labels].all():
-            axes.add((key[1], key[2]))
+        if isinstance(key, ParamKey) and not channels.blocked[labels].all():
+            axes.add((key.initializer, key.axis))
     return axes
 
 
@@ -44,4 +47,4 @@ def attach(analysis, config: LatencyConfig | None = None, seed: int = 0) -> Late
     return analysis.costs.latency
 
 
-__all__ = ["LatencyConfig", "LatencyTerm", "attach", "default_cache_dir", "latency_table"]
+__all__ = ["LatencyConfig", "LatencyTerm", "attach", "latency_table"]

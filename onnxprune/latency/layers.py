@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.analysis.context import static_shapes
 from onnxprune.analysis.cost import COMPUTE_OPS
 from onnxprune.bench.onnxruntime import interleave
-from onnxprune.latency.options import LatencyConfig
-from onnxprune.model.graph import graph_inputs
+from onnxprune.config import LatencyConfig
+from onnxprune.model.graph import input_specs
+from onnxprune.model.runtime import random_feeds
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)   # kept fractions of input / output channels
 
@@ -164,17 +164,10 @@ def _probe() -> onnx.ModelProto:
 
 
 def model_timer(backend, model: onnx.ModelProto, seed: int):
-    """A timer for `interleave` (one run, elapsed ms) on random inputs of the static shapes."""
-    static = static_shapes(model)
-    shapes = {i.name: static[i.name] for i in graph_inputs(model)}
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in graph_inputs(model):
-        np_type = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-        feeds[inp.name] = (rng.standard_normal(shapes[inp.name]).astype(np_type)
-                           if np.dtype(np_type).kind == "f" else np.zeros(shapes[inp.name], np_type))
-    batch = next(iter(shapes.values()))[0] if shapes else 1
-    return backend.timer(backend.prepare(model, batch, False), feeds)
+    """A timer for `interleave` (one run, elapsed ms) on `random_feeds` of the static shapes."""
+    specs = input_specs(model)
+    batch = specs[0].shape[0] if specs else 1
+    return backend.timer(backend.prepare(model, batch, False), random_feeds(specs, seed))
 
 
 def time_models(backend, models: list[onnx.ModelProto], config: LatencyConfig,

@@ -16,16 +16,16 @@ from dataclasses import replace
 import onnx
 
 from onnxprune.bench.onnxruntime import LatencyStats, interleave, summarize
-from onnxprune.config import PruneConfig, Target, TargetKind
+from onnxprune.config import LatencyConfig, PruneConfig, Target, TargetKind
 from onnxprune.errors import UserError
 from onnxprune.latency.layers import model_timer
-from onnxprune.latency.options import LatencyConfig
+from onnxprune.latency.options import backend_runner, check
 
 
 def measure(models: list[onnx.ModelProto], config: LatencyConfig,
             seed: int = 0) -> list[LatencyStats]:
     """Interleaved medians of `models` (same random inputs for equal input shapes)."""
-    backend = config.backend_runner()
+    backend = backend_runner(config)
     timers = [model_timer(backend, m, seed) for m in models]
     times = interleave(timers, runs=config.runs, warmup=config.warmup)
     return [summarize(t, backend.name) for t in times]
@@ -110,7 +110,7 @@ def prune_measured(model, config: PruneConfig, data=None, bench: bool = False
         raise UserError("a latency target or normaliser with fine-tuning is not supported yet "
                         "(calibrate.recover plans without the latency table)")
     if bench or config.uses_latency:
-        latency.check()
+        check(latency)
     if config.target.kind is TargetKind.LATENCY:
         return prune_to_latency(model, config, data)
     result = prune(model, config, data=data)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.context import static_shapes
+from onnxprune.config import LatencyConfig
 from onnxprune.latency.layers import (
     GRID,
     Layer,
@@ -30,7 +31,7 @@ from onnxprune.latency.layers import (
     time_layer,
     time_models,
 )
-from onnxprune.latency.options import LatencyConfig
+from onnxprune.latency.options import backend_runner
 from onnxprune.model.graph import opset
 
 CACHE_VERSION = 2
@@ -73,7 +74,7 @@ def latency_table(model: onnx.ModelProto, config: LatencyConfig, seed: int = 0,
     if table is not None:
         return table
     tick = time.perf_counter()
-    backend = config.backend_runner()
+    backend = backend_runner(config)
     unique: dict[tuple, LayerSpec] = {}
     for spec in specs:
         unique.setdefault(_signature(spec), spec)

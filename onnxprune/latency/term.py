@@ -2,13 +2,14 @@
 
     latency(kept) = overhead + rest + Σ_layers L_i(f_in_i, f_out_i)
 
-L_i is layer i's table interpolated bilinearly over GRID (held at the narrowest width below
-it: conservative, narrow layers are overhead-bound); f_in / f_out are the kept fractions of the weight axes that
-carry the layer's input and output channels. `rest` is what the whole model takes beyond its
-tabled layers (element-wise ops, pools, layout reorders, per-op dispatch, untabled nodes; 0 if
-the layers alone already add up to more). It is held fixed, which is conservative and what was
-measured: on ORT CPU, ResNet-18's end-to-end time minus its layers timed alone was 5.8 ms both
-before and after pruning to 0.45 of its activations (per-op overhead, not bandwidth, dominates).
+L_i is layer i's table interpolated bilinearly over GRID (held at the narrowest width below it:
+conservative, narrow layers are overhead-bound); f_in / f_out are the kept fractions of the
+weight axes that carry the layer's input and output channels. `rest` is what the whole model
+takes beyond its tabled layers (element-wise ops, pools, layout reorders, per-op dispatch,
+untabled nodes; 0 if the layers alone already add up to more). It is held fixed, which is
+conservative and what was measured: on ORT CPU, ResNet-18's end-to-end time minus its layers
+timed alone was 5.8 ms both before and after pruning to 0.45 of its activations (per-op
+overhead, not bandwidth, dominates).
 
 The latency a channel removes (the HALP normaliser) is the secant of each table it touches
 between the full and the half width, per channel; a unit sums it over its channel nodes, i.e.

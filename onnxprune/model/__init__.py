@@ -1,1 +1,2 @@
-"""Plumbing shared by every stage: model I/O, external data, weights, onnxruntime sessions, batch."""
+"""Plumbing shared by every stage: model I/O, external data, weights, onnxruntime sessions,
+batch-free copies."""

@@ -41,7 +41,8 @@ def parse_input_shapes(text: str | None, input_names: list[str]) -> dict[str, tu
         try:
             shape = tuple(int(d) for d in dims.lower().split("x"))
         except ValueError:
-            raise UserError(f"--input-shape {text!r}: dims must be integers like 1x3x224x224") from None
+            raise UserError(f"--input-shape {text!r}: dims must be integers like "
+                            "1x3x224x224") from None
         if not shape or min(shape) <= 0:
             raise UserError(f"--input-shape {text!r}: dims must be positive")
         if name not in input_names:
@@ -97,10 +98,11 @@ def input_specs(model: onnx.ModelProto, batch: int | None = None) -> list[InputS
     (a dynamic batch is 1); any other dynamic dimension is a UserError (`static_shape`)."""
     specs = []
     for vi in graph_inputs(model):
-        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.shape.dim:
+        tensor = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tensor.HasField("shape"):
             raise UserError(f"input {vi.name!r} has no tensor shape: pass --input-shape")
         shape = static_shape(vi)
-        if batch is not None:
+        if batch is not None and shape:  # a scalar input has no batch axis
             shape[0] = batch
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
         specs.append(InputSpec(vi.name, tuple(shape), dtype))
