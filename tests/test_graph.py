@@ -5,14 +5,14 @@ import numpy as np
 import onnx
 import pytest
 
-import onnxprune.model.graph as graph
+import onnxprune.model.io as model_io
 from onnxprune.model.io import save_atomic
 from onnxprune.model.runtime import random_inputs, run
 from tiny import small_resnet
 
 
 def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(graph, "_TWO_GB", 1000)  # pretend the tiny model is over 2 GB
+    monkeypatch.setattr(model_io, "_TWO_GB", 1000)  # pretend the tiny model is over 2 GB
     model = small_resnet(width=32, batch=1)
     expected = onnx.ModelProto()
     expected.CopyFrom(model)

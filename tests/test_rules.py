@@ -3,6 +3,12 @@ must-block cases. Each prunable graph is also pruned by random plans and checked
 import numpy as np
 import pytest
 
+from onnxprune.analysis.flow import Role
+from onnxprune.analysis.rules import RULES
+from onnxprune.api import prune
+from onnxprune.config import PruneConfig, Target, TargetKind
+from onnxprune.plan.planner import reachable_minimum
+from onnxprune.report.record import analysis_text, group_records, prune_record
 from tiny import Units, conv, make, node, prunes_exactly
 
 
@@ -326,10 +332,13 @@ def test_attention_passes_value_channels_and_blocks_summed_ones():
     inits = {**wq, **wk, **wv, **wo, "s8": np.array([1, 8, 16], np.int64),
              "s6": np.array([1, 6, 16], np.int64), "s4": np.array([1, 6, 4, 4], np.int64)}
     nodes = [cq, ck, cv, node("Reshape", ["q", "s8"], ["q3"]),
-             node("Transpose", ["q3"], ["qt"], perm=[0, 2, 1]), node("Reshape", ["k", "s8"], ["k3"]),
+             node("Transpose", ["q3"], ["qt"], perm=[0, 2, 1]),
+             node("Reshape", ["k", "s8"], ["k3"]),
              node("MatMul", ["qt", "k3"], ["att"]), node("Softmax", ["att"], ["p"], axis=-1),
-             node("Reshape", ["v", "s6"], ["v3"]), node("Transpose", ["v3"], ["vt"], perm=[0, 2, 1]),
-             node("MatMul", ["p", "vt"], ["ctx"]), node("Transpose", ["ctx"], ["ct"], perm=[0, 2, 1]),
+             node("Reshape", ["v", "s6"], ["v3"]),
+             node("Transpose", ["v3"], ["vt"], perm=[0, 2, 1]),
+             node("MatMul", ["p", "vt"], ["ctx"]),
+             node("Transpose", ["ctx"], ["ct"], perm=[0, 2, 1]),
              node("Reshape", ["ct", "s4"], ["o"]), co]
     m = make(nodes, {"x": [1, 3, 4, 4]}, ["y"], inits)
     u = Units(m)
@@ -337,3 +346,97 @@ def test_attention_passes_value_channels_and_blocks_summed_ones():
     assert not u.blocked("v").any() and u.distinct("v")
     assert np.array_equal(u.of("ctx"), u.of("v")) and np.array_equal(u.of_param("wo", 1), u.of("v"))
     assert prunes_exactly(m) > 0
+
+
+def _add_of(b_node, b_inputs: dict, inits: dict | None = None):
+    """x -> Conv -> a; s = Add(a, b); s -> Conv -> y, with b made by `b_node` or a graph input."""
+    c1, w1 = conv("x", "a", "w1", 3, 4)
+    c2, w2 = conv("s", "y", "w2", 4, 2)
+    nodes = [c1] + ([b_node] if b_node is not None else []) + [node("Add", ["a", "b"], ["s"]), c2]
+    return make(nodes, {"x": [1, 3, 4, 4], **b_inputs}, ["y"], {**w1, **w2, **(inits or {})})
+
+
+@pytest.mark.parametrize("b_node,b_input", [
+    (None, [1, 4, 4, 4]),                                              # a graph input
+    (node("DepthToSpace", ["x4"], ["b"], blocksize=1), [1, 4, 4, 4]),  # an op without a rule
+])
+def test_add_with_channels_of_unknown_origin_blocks_with_a_structural_reason(b_node, b_input):
+    m = _add_of(b_node, {"b" if b_node is None else "x4": b_input})
+    u = Units(m)
+    assert u.blocked("a").all() and np.array_equal(u.of("a"), u.of("b"))
+    expected = "graph input" if b_node is None else "no channel rule for DepthToSpace"
+    assert any(expected in r for r in u.reasons("a")), u.reasons("a")
+    assert u.rule_errors("a") == [] and u.channels.rule_errors == []
+
+
+@pytest.mark.parametrize("b_node,b_inputs,inits", [
+    (conv("x", "b", "wb", 3, 1)[0], {}, conv("x", "b", "wb", 3, 1)[1]),   # [1, 1, H, W]
+    (None, {"b": [1, 1, 4, 4]}, {}),                                      # [1, 1, H, W] input
+    (None, {"b": []}, {}),                                                # a scalar input
+    (node("ReduceMean", ["x"], ["b"], keepdims=0), {}, {}),               # a scalar activation
+    (node("Relu", ["s0"], ["b"]), {"s0": []}, {}),                        # ... through a unary op
+])
+def test_add_with_a_broadcast_activation_keeps_the_channels_prunable(b_node, b_inputs, inits):
+    m = _add_of(b_node, b_inputs, inits)
+    u = Units(m)
+    assert u.distinct("a") and not u.blocked("a").any()
+    assert np.array_equal(u.of("a"), u.of("s"))
+    assert u.channels.rule_errors == []
+    assert prunes_exactly(m) > 0
+
+
+def _broken(node, ctx):
+    raise AttributeError("'NoneType' object has no attribute 'axis'\nmore detail")
+
+
+def _relu_between_convs():
+    """x -> Conv -> a -> Relu -> r -> Conv -> b -> Sigmoid -> g -> Conv -> y."""
+    c1, w1 = conv("x", "a", "w1", 3, 4)
+    c2, w2 = conv("r", "b", "w2", 4, 6)
+    c3, w3 = conv("g", "y", "w3", 6, 2)
+    nodes = [c1, node("Relu", ["a"], ["r"], name="relu"), c2, node("Sigmoid", ["b"], ["g"]), c3]
+    return make(nodes, {"x": [1, 3, 4, 4]}, ["y"], {**w1, **w2, **w3})
+
+
+def test_a_rule_that_raises_propagates_under_debug(monkeypatch):
+    monkeypatch.setitem(RULES, "Relu", _broken)
+    monkeypatch.setenv("ONNXPRUNE_DEBUG", "1")
+    with pytest.raises(AttributeError, match="no attribute 'axis'"):
+        Units(_relu_between_convs())
+
+
+def test_a_rule_that_raises_is_a_rule_error_listed_apart(monkeypatch):
+    monkeypatch.setitem(RULES, "Relu", _broken)
+    monkeypatch.delenv("ONNXPRUNE_DEBUG", raising=False)
+    u = Units(_relu_between_convs())
+    reason = ("rule error in Relu node relu: "
+              "AttributeError: 'NoneType' object has no attribute 'axis'")
+    assert [e.reason for e in u.channels.rule_errors] == [reason]
+    assert u.blocked("a").all() and u.blocked("r").all()
+    assert u.reasons("a") == [] and u.rule_errors("a") == [reason]
+    assert u.reasons("r") == [] and u.rule_errors("r") == [f"output of {reason}"]
+    assert not u.blocked("b").any()  # the rest of the model is analysed as usual
+    records = {r["tensors"][0]: r for r in group_records(u.analysis)}
+    assert records["a"]["reasons"] == [] and records["a"]["rule_errors"] == [reason]
+    assert records["x"]["reasons"] == ["graph input"] and records["x"]["rule_errors"] == []
+    minimum = reachable_minimum(u.channels, u.analysis.groups, u.analysis.costs, 1)
+    text = analysis_text(u.analysis, minimum)
+    assert "blocked by a rule error (see below)" in text
+    assert "rule errors (bugs in onnxprune" in text
+    assert "  Relu node relu: AttributeError: 'NoneType' object has no attribute 'axis'" in text
+
+
+def test_the_json_report_lists_rule_errors_apart(monkeypatch):
+    monkeypatch.setitem(RULES, "Relu", _broken)
+    monkeypatch.delenv("ONNXPRUNE_DEBUG", raising=False)
+    config = PruneConfig(Target(TargetKind.MEM, 0.9), round_to=1)
+    result = prune(_relu_between_convs(), config)
+    assert result.slices and all(isinstance(s.role, Role) for s in result.slices)
+    record = prune_record(result, config, "in.onnx", "out.onnx")
+    assert record["rule_errors"] == [{"node": "relu", "op_type": "Relu", "message":
+                                      "AttributeError: 'NoneType' object has no attribute 'axis'"}]
+    by_tensor = {g["tensors"][0]: g for g in record["groups"]}
+    assert by_tensor["a"]["rule_errors"] and not by_tensor["a"]["reasons"]
+    assert by_tensor["b"]["prunable"] and by_tensor["b"]["rule_errors"] == []
+    assert {s["role"] for s in record["slices"]} <= {"producer", "sink", "passthrough"}
+    assert "sink" in {s["role"] for s in record["slices"]}

@@ -61,7 +61,15 @@ class Units:
         return self.channels.blocked[self.of(tensor)]
 
     def reasons(self, tensor: str) -> list[str]:
-        return sorted({r for c in np.unique(self.of(tensor)) for r in self.channels.reasons.get(int(c), [])})
+        """Structural blocking reasons of the units holding `tensor`'s channels."""
+        return self._per_unit(tensor, self.channels.reasons)
+
+    def rule_errors(self, tensor: str) -> list[str]:
+        """Rule errors (bugs in a rule) that block the units holding `tensor`'s channels."""
+        return self._per_unit(tensor, self.channels.rule_error_reasons)
+
+    def _per_unit(self, tensor: str, found: dict[int, list[str]]) -> list[str]:
+        return sorted({r for c in np.unique(self.of(tensor)) for r in found.get(int(c), [])})
 
     def distinct(self, tensor: str) -> bool:
         return len(np.unique(self.of(tensor))) == len(self.of(tensor))

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.context import static_shapes
+from onnxprune.analysis.flow import param_key, tensor_key
 from onnxprune.analysis.units import Channels
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -73,7 +74,7 @@ class CostModel:
         for node in model.graph.node:
             for pos, out in enumerate(o for o in node.output if o):
                 numel = float(np.prod(shapes.get(out, (0,))))
-                i = index.get(("t", out))
+                i = index.get(tensor_key(out))
                 compute = node.op_type in COMPUTE_OPS and pos == 0
                 if i is None:
                     self.act_fixed += numel
@@ -97,7 +98,7 @@ class CostModel:
             self.itemsize[r] = np.dtype(dtype).itemsize
             self.is_float[r] = np.issubdtype(dtype, np.floating)
             for axis in range(len(init.dims)):
-                i = index.get(("p", init.name, axis))
+                i = index.get(param_key(init.name, axis))
                 if i is not None:
                     self.axis_space[r, axis] = i
         for node in model.graph.node:

@@ -1,29 +1,60 @@
 """What a rule answers about one node: how channels flow through it, as plain data.
 
-A *channel space* is either a tensor's channel axis (`tensor_key(name)`) or one axis of an
-initializer (`param_key(name, axis)`). A rule declares the spaces of its outputs, links channel
-indices that are the same channel (`link`), and the initializer axes whose index i belongs to a
-channel (`param`, with a role: PRODUCER slices an output axis, SINK an input axis, PASSTHROUGH a
-per-channel parameter). Grouping, costs and surgery read only these declarations. A rule that
-cannot describe its node returns `Block(reason)`; the units it touches become unprunable.
+A *channel space* is either a tensor's channel axis (`tensor_key(name)`, a `TensorKey`) or one
+axis of an initializer (`param_key(name, axis)`, a `ParamKey`). A rule declares the spaces of
+its outputs, links channel indices that are the same channel (`link`), and the initializer axes
+whose index i belongs to a channel (`param`, with a role: PRODUCER slices an output axis, SINK
+an input axis, PASSTHROUGH a per-channel parameter). Grouping, costs and surgery read only these
+declarations. A rule that cannot describe its node returns `Block(reason)`; the units it
+touches become unprunable. A rule that raises has a bug (see units.py: a *rule error*).
 """
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
-
-Key = tuple  # ("t", tensor) or ("p", initializer, axis)
-
-
-def tensor_key(name: str) -> Key:
-    return ("t", name)
+import onnx
 
 
-def param_key(name: str, axis: int) -> Key:
-    return ("p", name, axis)
+@dataclass(frozen=True, slots=True)
+class TensorKey:
+    """The channel axis of an activation tensor."""
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParamKey:
+    """One axis of an initializer whose index i belongs to a channel."""
+    initializer: str
+    axis: int
+
+
+Key = TensorKey | ParamKey
+
+
+class FixupEdit(Protocol):
+    """What a fixup may do to its node in the pruned copy (rewrite/surgery.py's `Edit`)."""
+
+    def kept(self, tensor: str) -> np.ndarray: ...
+    def const(self, name: str) -> np.ndarray: ...
+    def set_attr(self, node: onnx.NodeProto, name: str, value) -> None: ...
+    def remove_attr(self, node: onnx.NodeProto, name: str) -> None: ...
+    def set_input(self, node: onnx.NodeProto, slot: int, value: np.ndarray) -> None: ...
+
+
+# fixup(node, edit) after slicing: attributes, shape inputs of the node's pruned copy
+Fixup = Callable[[onnx.NodeProto, FixupEdit], None]
+
+
+def tensor_key(name: str) -> TensorKey:
+    return TensorKey(name)
+
+
+def param_key(name: str, axis: int) -> ParamKey:
+    return ParamKey(name, int(axis))
 
 
 class Role(enum.Enum):
@@ -52,7 +83,7 @@ class Flow:
     params: list[ParamDecl] = field(default_factory=list)
     consts: set[str] = field(default_factory=set)  # initializer inputs this rule understands
     blocks: list[tuple[Key, str, np.ndarray | None]] = field(default_factory=list)
-    fixup: Callable | None = None  # fixup(node, Edit) after slicing: attributes, shape inputs
+    fixup: Fixup | None = None
 
     def output(self, tensor: str, axis: int, size: int) -> Flow:
         self.outputs[tensor] = (axis, int(size))

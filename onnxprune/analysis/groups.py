@@ -2,10 +2,11 @@
 stage). Reports, per-layer minimums, rounding and HRank's per-layer rates work at this level."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxprune.analysis.flow import TensorKey
 from onnxprune.analysis.units import Channels
 
 
@@ -16,7 +17,8 @@ class LayerGroup:
     units: np.ndarray            # component ids
     channels_per_unit: int       # channels each unit holds in its narrowest member tensor
     blocked: bool
-    reasons: list[str]
+    reasons: list[str]           # structural blocking reasons
+    rule_errors: list[str] = field(default_factory=list)  # blocks that are bugs in a rule
 
     @property
     def channels(self) -> int:
@@ -28,9 +30,9 @@ def _tensor_space_ids(channels: Channels) -> tuple[np.ndarray, list[str]]:
     ids = np.full(len(channels.labels), -1, dtype=np.int64)
     names = []
     for key, info in channels.spaces.items():
-        if key[0] == "t":
+        if isinstance(key, TensorKey):
             ids[info.offset:info.offset + info.size] = len(names)
-            names.append(key[1])
+            names.append(key.name)
     return ids, names
 
 
@@ -58,6 +60,7 @@ def layer_groups(channels: Channels) -> list[LayerGroup]:
         units_arr = np.array(units, dtype=np.int64)
         blocked = bool(channels.blocked[units_arr].all())
         reasons = sorted({r for u in units for r in channels.reasons.get(u, [])})
+        errors = sorted({r for u in units for r in channels.rule_error_reasons.get(u, [])})
         groups.append(LayerGroup(len(groups), tuple(names[t] for t in signature), units_arr,
-                                 narrowest[signature], blocked, reasons))
+                                 narrowest[signature], blocked, reasons, errors))
     return groups

@@ -5,19 +5,28 @@ range of node ids; the rules' links become edges; a connected component is a uni
 smallest set of channels that must go together. A component that touches a graph input or
 output, an op without a rule, or a channel layout a rule could not describe is blocked, and
 keeps every reason so that `onnxprune analyze` can show it.
+
+A rule that raises is a bug in onnxprune, not a property of the model. With ONNXPRUNE_DEBUG=1
+(tests set it) the exception propagates; otherwise the node's channels are blocked with a
+*rule error*, which Channels keeps apart from the structural reasons (`rule_errors`,
+`rule_error_reasons`) so that reports can say which blocks are bugs.
 """
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.context import Ctx, Space
-from onnxprune.analysis.flow import Block, Flow, Key, Role, param_key, tensor_key
+from onnxprune.analysis.flow import Block, Fixup, Flow, Key, ParamKey, Role, param_key, tensor_key
 from onnxprune.analysis.rules import RULES
 from onnxprune.analysis.unionfind import components
+from onnxprune.errors import first_line
 from onnxprune.model.graph import graph_inputs, opset
 
 _LOG = logging.getLogger(__name__)
@@ -32,6 +41,21 @@ class SpaceInfo:
     role: Role | None = None  # for initializer axes: how surgery reports the slice
 
 
+@dataclass(frozen=True)
+class RuleError:
+    """A rule raised on a node: a bug in onnxprune, not a property of the model."""
+    node: str
+    op_type: str
+    message: str  # "ExcType: first line of the message"
+
+    @property
+    def reason(self) -> str:
+        return f"rule error in {self.op_type} node {self.node}: {self.message}"
+
+    def as_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "message": self.message}
+
+
 @dataclass
 class Channels:
     """Result of the channel analysis of one normalised model."""
@@ -39,8 +63,11 @@ class Channels:
     spaces: dict[Key, SpaceInfo]
     labels: np.ndarray                 # component id (0..K-1) of every channel node
     blocked: np.ndarray                # bool per component
-    reasons: dict[int, list[str]]      # component -> distinct blocking reasons
-    fixups: list[tuple[int, object]] = field(default_factory=list)  # (node index, fixup)
+    reasons: dict[int, list[str]]      # component -> distinct structural blocking reasons
+    fixups: list[tuple[int, Fixup]] = field(default_factory=list)  # (node index, fixup)
+    rule_errors: list[RuleError] = field(default_factory=list)
+    # component -> the rule errors (and their consequences) that blocked it
+    rule_error_reasons: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def n_components(self) -> int:
@@ -51,17 +78,27 @@ class Channels:
         return np.arange(info.offset, info.offset + info.size)
 
 
+class _Mark(NamedTuple):
+    """Channels `idx` of space `key` (None: all of them) are blocked for `reason`."""
+    key: Key
+    reason: str
+    idx: np.ndarray | None = None
+    rule_error: bool = False  # the reason is a rule error or a consequence of one
+
+
 class _Builder:
     def __init__(self, model: onnx.ModelProto, per_index_groups: frozenset[str]):
         self.model = model
         self.spaces: dict[Key, SpaceInfo] = {}
         self.size = 0
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
-        self.blocks: list[tuple[Key, str, np.ndarray | None]] = []  # None: the whole space
+        self.blocks: list[_Mark] = []
         self.opaque: dict[str, str] = {i.name: "graph input" for i in graph_inputs(model)}
+        self.opaque_errors: set[str] = set()  # opaque tensors whose reason is a rule error
         self.opaque_axis: dict[str, int] = {}
-        self.foreign_reads: list[tuple[str, str]] = []
-        self.fixups: list = []
+        self.foreign_reads: list[tuple[str, str, bool]] = []  # (initializer, where, rule error)
+        self.fixups: list[tuple[int, Fixup]] = []
+        self.rule_errors: list[RuleError] = []
         self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups)
 
     def new_space(self, key: Key, axis: int, size: int, role: Role | None = None) -> SpaceInfo:
@@ -78,12 +115,17 @@ class _Builder:
                 return None
             axis = self.opaque_axis.get(name, 1 if rank >= 2 else 0)
             self.new_space(key, axis, self.ctx.shape(name)[axis])
-            self.blocks.append((key, self.opaque.get(name, "no rule declared its channels"), None))
+            reason = self.opaque.get(name, "no rule declared its channels")
+            self.blocks.append(_Mark(key, reason, rule_error=name in self.opaque_errors))
         info = self.spaces[key]
         return Space(info.axis, info.size)
 
-    def apply(self, index: int, node: onnx.NodeProto, result: Flow | Block) -> None:
+    def apply(self, index: int, node: onnx.NodeProto, result: Flow | Block | RuleError) -> None:
         where = f"{node.op_type} {node.name}"
+        if isinstance(result, RuleError):
+            self.rule_errors.append(result)
+            self._block_node(node, result.reason, rule_error=True)
+            return
         if isinstance(result, Flow) and not self._fits(result):
             result = Block("its channel map does not fit the tensor shapes")
         if isinstance(result, Block):
@@ -96,42 +138,46 @@ class _Builder:
             self.new_space(param_key(decl.initializer, decl.axis), decl.axis, dim, decl.role)
         for a, a_idx, b, b_idx in result.links:
             self.edges.append((self.spaces[a].offset + a_idx, self.spaces[b].offset + b_idx))
-        self.blocks.extend((key, f"{where}: {reason}", idx) for key, reason, idx in result.blocks)
+        self.blocks.extend(_Mark(key, f"{where}: {reason}", idx)
+                           for key, reason, idx in result.blocks)
         for name in node.input:
             if self.ctx.is_const(name) and name not in result.consts:
-                self.foreign_reads.append((name, where))
+                self.foreign_reads.append((name, where, False))
         if result.fixup is not None:
             self.fixups.append((index, result.fixup))
 
     def _fits(self, flow: Flow) -> bool:
         """Every linked index lies inside its space (a malformed graph must not slip by)."""
-        sizes = {name: size for name, (_, size) in flow.outputs.items()}
+        sizes: dict[Key, int] = {tensor_key(n): size for n, (_, size) in flow.outputs.items()}
         for name, (axis, size) in flow.outputs.items():
             shape = self.ctx.shapes.get(name)
             if shape is None or not 0 <= axis < len(shape) or shape[axis] != size:
                 return False
         for decl in flow.params:
-            sizes[decl.initializer, decl.axis] = self.ctx.shape(decl.initializer)[decl.axis]
+            size = self.ctx.shape(decl.initializer)[decl.axis]
+            sizes[param_key(decl.initializer, decl.axis)] = size
         for a, a_idx, b, b_idx in flow.links:
             for key, idx in ((a, a_idx), (b, b_idx)):
                 known = self.spaces.get(key)
-                size = known.size if known else sizes.get(key[1] if key[0] == "t" else key[1:])
+                size = known.size if known else sizes.get(key)
                 if size is None or (len(idx) and (idx.min() < 0 or idx.max() >= size)):
                     return False
         return True
 
-    def _block_node(self, node: onnx.NodeProto, reason: str) -> None:
+    def _block_node(self, node: onnx.NodeProto, reason: str, rule_error: bool = False) -> None:
         for name in list(node.input) + sorted(outer_scope_reads(node)):
             if not name:
                 continue
             if self.ctx.is_const(name):
-                self.foreign_reads.append((name, reason))
+                self.foreign_reads.append((name, reason, rule_error))
             elif self.ctx.space(name) is not None:
-                self.blocks.append((tensor_key(name), reason, None))
+                self.blocks.append(_Mark(tensor_key(name), reason, rule_error=rule_error))
         axis = self._input_axis(node)
         for name in node.output:
             if name:
                 self.opaque[name] = f"output of {reason}"
+                if rule_error:
+                    self.opaque_errors.add(name)
                 if axis is not None and len(self.ctx.shapes.get(name, ())) == axis[1]:
                     self.opaque_axis[name] = axis[0]
 
@@ -147,14 +193,15 @@ class _Builder:
     def finish(self) -> Channels:
         for out in self.model.graph.output:
             if self.ctx.space(out.name) is not None:
-                self.blocks.append((tensor_key(out.name), "graph output", None))
-        params_by_init: dict[str, list[Key]] = {}
+                self.blocks.append(_Mark(tensor_key(out.name), "graph output"))
+        params_by_init: dict[str, list[ParamKey]] = {}
         for key in self.spaces:
-            if key[0] == "p":
-                params_by_init.setdefault(key[1], []).append(key)
-        for name, where in self.foreign_reads:
+            if isinstance(key, ParamKey):
+                params_by_init.setdefault(key.initializer, []).append(key)
+        for name, where, rule_error in self.foreign_reads:
             for key in params_by_init.get(name, []):
-                self.blocks.append((key, f"initializer {name} is also read by {where}", None))
+                reason = f"initializer {name} is also read by {where}"
+                self.blocks.append(_Mark(key, reason, rule_error=rule_error))
         return self._components()
 
     def _components(self) -> Channels:
@@ -163,15 +210,18 @@ class _Builder:
         _, labels = np.unique(components(self.size, a, b), return_inverse=True)
         blocked = np.zeros(labels.max() + 1 if self.size else 0, dtype=bool)
         reasons: dict[int, list[str]] = {}
-        for key, reason, idx in self.blocks:
-            info = self.spaces[key]
+        errors: dict[int, list[str]] = {}
+        for mark in self.blocks:
+            info = self.spaces[mark.key]
             nodes = labels[info.offset:info.offset + info.size]
-            comps = np.unique(nodes if idx is None else nodes[idx])
+            comps = np.unique(nodes if mark.idx is None else nodes[mark.idx])
             blocked[comps] = True
+            found = errors if mark.rule_error else reasons
             for comp in comps.tolist():
-                if reason not in reasons.setdefault(comp, []):
-                    reasons[comp].append(reason)
-        return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups)
+                if mark.reason not in found.setdefault(comp, []):
+                    found[comp].append(mark.reason)
+        return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups,
+                        self.rule_errors, errors)
 
 
 def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
@@ -207,7 +257,7 @@ def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str]) -> Channe
     return builder.finish()
 
 
-def _collapsed_group_convs(channels: Channels):
+def _collapsed_group_convs(channels: Channels) -> Iterator[str]:
     ctx = Ctx(channels.model, opset(channels.model), lambda name: None)
     for node in channels.model.graph.node:
         if node.op_type != "Conv" or tensor_key(node.output[0]) not in channels.spaces:
@@ -219,7 +269,12 @@ def _collapsed_group_convs(channels: Channels):
                 yield node.name
 
 
-def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
+def _strict() -> bool:
+    """Let a rule's exception propagate (tests, debugging): ONNXPRUNE_DEBUG=1, as in the CLI."""
+    return os.environ.get("ONNXPRUNE_DEBUG", "") not in ("", "0")
+
+
+def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block | RuleError:
     if node.domain not in ("", "ai.onnx"):
         return Block(f"custom op domain {node.domain!r} has no channel rule")
     rule = RULES.get(node.op_type)
@@ -227,6 +282,8 @@ def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
         return Block(f"no channel rule for {node.op_type}")
     try:
         return rule(node, ctx)
-    except Exception as exc:  # a rule that cannot read its node blocks it, never guesses
+    except Exception as exc:  # a bug in the rule: its node blocks, marked as a rule error
+        if _strict():
+            raise
         _LOG.debug("rule %s failed on %s", node.op_type, node.name, exc_info=True)
-        return Block(f"{node.op_type} could not be analysed ({type(exc).__name__}: {exc})")
+        return RuleError(node.name, node.op_type, f"{type(exc).__name__}: {first_line(exc)}")

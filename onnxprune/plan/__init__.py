@@ -1,1 +1,2 @@
-"""Planning: score channel units (data-free here, data criteria via calibrate/) and choose what goes."""
+"""Planning: score channel units (data-free here, data criteria via calibrate/) and choose
+what goes."""

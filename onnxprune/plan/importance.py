@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.analysis.flow import Role
+from onnxprune.analysis.flow import ParamKey, Role
 from onnxprune.analysis.units import Channels
 from onnxprune.config import Criterion
 from onnxprune.errors import UserError
@@ -39,10 +39,10 @@ def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:
     inits = {i.name: i for i in channels.model.graph.initializer}
     per_node = np.zeros(len(channels.labels))
     for key, info in channels.spaces.items():
-        if key[0] != "p" or info.role is not Role.PRODUCER:
+        if not isinstance(key, ParamKey) or info.role is not Role.PRODUCER:
             continue
-        value = external.value(inits[key[1]])
-        per_node[info.offset:info.offset + info.size] = _slice_norms(value, key[2], criterion)
+        value = external.value(inits[key.initializer])
+        per_node[info.offset:info.offset + info.size] = _slice_norms(value, key.axis, criterion)
     return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
 
 

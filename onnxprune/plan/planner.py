@@ -107,7 +107,8 @@ def plan_pruning(channels: Channels, groups: list[LayerGroup], costs: CostModel,
                  scores: np.ndarray, target: Target, normalize: Normalize, round_to: int) -> Plan:
     """Greedy over layer-group chunks, cheapest normalised score first (module docstring)."""
     norm = np.maximum(unit_normaliser(channels, costs, normalize), 1e-12)
-    chunks = [_chunks(g, channels.blocked, scores / norm, round_to) for g in groups if not g.blocked]
+    chunks = [_chunks(g, channels.blocked, scores / norm, round_to)
+              for g in groups if not g.blocked]
     return _greedy(channels, groups, costs, chunks, target,
                    lambda c: _chunk_score(c, scores, norm))
 
@@ -160,7 +161,8 @@ def unreachable_message(before: Costs, floor: Costs, target: Target, groups,
     reach = cost_value(floor, kind) / max(cost_value(before, kind), 1e-12)
     blocked = sorted((g for g in groups if g.blocked), key=lambda g: -unit_mem[g.units].sum())[:3]
     why = "; ".join(f"{unit_mem[g.units].sum() / max(before.mem, 1):.0%} of M in {g.channels} ch "
-                    f"at {g.tensors[0]} ({g.reasons[0] if g.reasons else '?'})" for g in blocked)
+                    f"at {g.tensors[0]} ({(g.reasons or g.rule_errors or ['?'])[0]})"
+                    for g in blocked)
     return (f"--target-{kind.value} {target.fraction:g} cannot be reached: the reachable minimum "
             f"is {reach:.3f} of the original with what is prunable"
             + (f"; largest blocked groups: {why}" if why else ""))

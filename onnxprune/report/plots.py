@@ -186,7 +186,8 @@ def _latency_lines(latency: Any) -> list[str]:
         for m in latency["models"]:
             for cell in m["results"].values():
                 if "median_ms" not in cell:
-                    rows.append((f"`{m['path']}`", cell["batch"], cell.get("error", ""), "", "", ""))
+                    rows.append((f"`{m['path']}`", cell["batch"], cell.get("error", ""),
+                                 "", "", ""))
                     continue
                 speedup = f"{cell['speedup']:.2f}x" if cell.get("speedup") else ""
                 rows.append((f"`{m['path']}`", cell["batch"], f"{cell['median_ms']:.3f}",

@@ -1,20 +1,28 @@
 """The machine-readable record of a prune (JSON) and the human summaries on stdout."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from onnxprune import __version__
 from onnxprune.analysis.cost import Costs
+from onnxprune.analysis.units import RuleError
 from onnxprune.config import PruneConfig
 from onnxprune.verify.oracle import TOLERANCE
+
+if TYPE_CHECKING:
+    from onnxprune.api import Analysis, PruneResult
 
 _COST_NAMES = (("mem", "M (feature-map elements)"), ("macs", "MACs"), ("params", "params"),
                ("weight_bytes", "weight bytes"), ("activations", "activation elements"))
 
 
-def group_records(analysis, removed: np.ndarray | None = None,
+def group_records(analysis: Analysis, removed: np.ndarray | None = None,
                   scores: np.ndarray | None = None) -> list[dict]:
-    """One record per layer group; with `scores`, each unit's score (in `units` order)."""
+    """One record per layer group; with `scores`, each unit's score (in `units` order).
+    `reasons` are structural; `rule_errors` are blocks caused by a bug in an op rule."""
     mem = np.bincount(analysis.channels.labels, weights=analysis.costs.per_node_mem(),
                       minlength=analysis.channels.n_components)
     records = []
@@ -25,6 +33,7 @@ def group_records(analysis, removed: np.ndarray | None = None,
             "kept": (len(g.units) - gone) * g.channels_per_unit,
             "units": len(g.units), "prunable": not g.blocked,
             "mem": int(mem[g.units].sum()), "tensors": list(g.tensors), "reasons": g.reasons,
+            "rule_errors": g.rule_errors,
         })
         if scores is not None:
             records[-1]["unit_scores"] = [float(x) for x in scores[g.units]]
@@ -33,7 +42,7 @@ def group_records(analysis, removed: np.ndarray | None = None,
     return records
 
 
-def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
+def prune_record(result: PruneResult, config: PruneConfig, source: str, output: str) -> dict:
     before, after = result.plan.before.as_dict(), result.plan.after.as_dict()
     return {
         "onnxprune": __version__, "input": source, "output": output,
@@ -45,7 +54,8 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
                                     "max_batches": config.calibration.max_batches,
                                     "no_labels": config.calibration.no_labels},
                     "finetune": _finetune_options(config.finetune),
-                    "input_shapes": {k: list(v) for k, v in config.input_shapes.items()}},
+                    "input_shapes": {k: list(v) for k, v in config.input_shapes.items()},
+                    "keep": list(config.keep)},
         "before": before, "after": after,
         "ratio": {k: (after[k] / before[k] if before[k] else 1.0) for k in before},
         "calibration": (result.calibration.as_dict() if result.calibration is not None
@@ -55,6 +65,7 @@ def prune_record(result, config: PruneConfig, source: str, output: str) -> dict:
         "recovery": (result.recovery.as_dict() if getattr(result, "recovery", None) is not None
                      else None),
         "groups": group_records(result.analysis, result.plan.removed, result.scores),
+        "rule_errors": [e.as_dict() for e in result.analysis.channels.rule_errors],
         "slices": [s.as_dict() for s in result.slices],
         "verification": {"max_relative_error": result.error, "tolerance": TOLERANCE,
                          "precision": result.verdict.precision,
@@ -131,7 +142,7 @@ def _recovery_lines(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prune_summary(result, output: str) -> str:
+def prune_summary(result: PruneResult, output: str) -> str:
     total = sum(result.timings.values())
     sliced = (" of the slicing, before fine-tuning" if getattr(result, "recovery", None) else
               " of the slicing, before BN re-estimation" if getattr(result, "bn_samples", None)
@@ -143,11 +154,29 @@ def prune_summary(result, output: str) -> str:
             + ("" if result.verdict.precision == "float32" else
                f"; float32 rounding noise {result.verdict.float32_error:.2e}, decided in float64")
             + ")\n"
-            f"  time: {total:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-            + ")")
+            f"  time: {total:.2f} s ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()) + ")")
 
 
-def analysis_text(analysis, minimum: Costs) -> str:
+def _status(rec: dict) -> str:
+    if rec["prunable"]:
+        return "prunable"
+    if not rec["reasons"]:
+        return "blocked by a rule error (see below)"
+    more = " (and a rule error, see below)" if rec["rule_errors"] else ""
+    return "blocked: " + "; ".join(rec["reasons"][:2]) + more
+
+
+def _rule_error_rows(errors: Sequence[RuleError]) -> list[str]:
+    """Rule errors apart from the structural reasons: they are bugs in onnxprune."""
+    if not errors:
+        return []
+    return ["rule errors (bugs in onnxprune's op rules, not properties of the model; the "
+            "channels they touch stay; please report them):"] + [
+        f"  {e.op_type} node {e.node}: {e.message}" for e in errors]
+
+
+def analysis_text(analysis: Analysis, minimum: Costs) -> str:
     before = analysis.costs.costs()
     rows = ["layer groups (channels, share of M, member tensors, status):"]
     records = group_records(analysis)
@@ -155,15 +184,16 @@ def analysis_text(analysis, minimum: Costs) -> str:
         share = rec["mem"] / before.mem if before.mem else 0
         first = rec["tensors"][0] if rec["tensors"] else "?"
         more = f" +{len(rec['tensors']) - 1}" if len(rec["tensors"]) > 1 else ""
-        status = "prunable" if rec["prunable"] else "blocked: " + "; ".join(rec["reasons"][:2])
         rows.append(f"  #{rec['index']:<4} {rec['channels']:>6} ch {share:6.1%}  {first}{more}  "
-                    f"{status}")
+                    f"{_status(rec)}")
+    rows += _rule_error_rows(analysis.channels.rule_errors)
     prunable = sum(r["mem"] for r in records if r["prunable"])
     rows.append(f"prunable share of M: {prunable / before.mem if before.mem else 0:.1%}")
     rows.append("costs:\n" + cost_table(before))
     rows.append("reachable minimum with what is prunable (fraction of the original):")
     for field, label in _COST_NAMES[:3]:
         b = getattr(before, field)
-        rows.append(f"  --target-{'mem' if field == 'mem' else 'flops' if field == 'macs' else 'params'}"
-                    f" {getattr(minimum, field) / b if b else 1:.3f}   ({label})")
+        option = {"mem": "mem", "macs": "flops", "params": "params"}[field]
+        share = getattr(minimum, field) / b if b else 1
+        rows.append(f"  --target-{option} {share:.3f}   ({label})")
     return "\n".join(rows)

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.analysis.flow import tensor_key
-from onnxprune.analysis.units import Channels
+from onnxprune.analysis.flow import ParamKey, Role, tensor_key
+from onnxprune.analysis.units import Channels, SpaceInfo
 from onnxprune.model.external import value
 from onnxprune.model.weights import infer_shapes
 
@@ -23,11 +23,11 @@ class Slice:
     initializer: str
     axis: int
     removed: list[int]
-    role: str
+    role: Role
 
     def as_dict(self) -> dict:
         return {"initializer": self.initializer, "axis": self.axis, "removed": self.removed,
-                "role": self.role}
+                "role": self.role.value}
 
 
 class Edit:
@@ -70,10 +70,10 @@ class Edit:
 
 
 def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]:
-    by_init: dict[str, list] = {}
+    by_init: dict[str, list[SpaceInfo]] = {}
     for key, info in channels.spaces.items():
-        if key[0] == "p":
-            by_init.setdefault(key[1], []).append(info)
+        if isinstance(key, ParamKey):
+            by_init.setdefault(key.initializer, []).append(info)
     slices = []
     for init in model.graph.initializer:
         infos = by_init.get(init.name)
@@ -85,7 +85,7 @@ def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]
             if mask.any():
                 data, changed = np.take(data, np.flatnonzero(~mask), axis=info.axis), True
                 slices.append(Slice(init.name, info.axis, np.flatnonzero(mask).tolist(),
-                                    info.role.value))
+                                    info.role))
         if changed:
             init.CopyFrom(numpy_helper.from_array(data, init.name))
     return slices
@@ -100,7 +100,8 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
             del inits[index]
 
 
-def apply_plan(channels: Channels, removed_components: np.ndarray) -> tuple[onnx.ModelProto, list[Slice]]:
+def apply_plan(channels: Channels,
+               removed_components: np.ndarray) -> tuple[onnx.ModelProto, list[Slice]]:
     """The narrower model and the record of every initializer slice it took."""
     removed_nodes = removed_components[channels.labels]
     model = onnx.ModelProto()

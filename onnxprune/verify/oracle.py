@@ -8,21 +8,24 @@ every `sink` initializer of the original model.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.analysis.flow import Role
 from onnxprune.errors import VerificationError
 from onnxprune.model.runtime import random_inputs, session
 from onnxprune.model.weights import attach, check, detach, feeds_of
+from onnxprune.rewrite.surgery import Slice
 from onnxprune.verify.precision import run_float64
 
 TOLERANCE = 1e-4
 
 
-def _zero(value: np.ndarray, sinks) -> np.ndarray:
+def _zero(value: np.ndarray, sinks: list[Slice]) -> np.ndarray:
     """Zero the sink slices; a writable array (a fresh read) is changed in place."""
     if not value.flags.writeable:
         value = np.array(value)
@@ -33,12 +36,12 @@ def _zero(value: np.ndarray, sinks) -> np.ndarray:
     return value
 
 
-def reference_weights(original: onnx.ModelProto, slices):
+def reference_weights(original: onnx.ModelProto, slices: Sequence[Slice]):
     """The original as (light model, weight feeds) with the sink slices of removed channels set
     to zero; large weights are fed as inputs (see weights.py), small ones stay initializers."""
-    sinks: dict[str, list] = {}
+    sinks: dict[str, list[Slice]] = {}
     for s in slices:
-        if s.role == "sink":
+        if s.role is Role.SINK:
             sinks.setdefault(s.initializer, []).append(s)
     light, large = detach(original)
     feeds = feeds_of(large)
@@ -46,8 +49,8 @@ def reference_weights(original: onnx.ModelProto, slices):
         feeds[name] = _zero(feeds[name], sinks[name])
     for init in light.graph.initializer:
         if init.name in sinks:
-            init.CopyFrom(numpy_helper.from_array(_zero(numpy_helper.to_array(init), sinks[init.name]),
-                                                  init.name))
+            zeroed = _zero(numpy_helper.to_array(init), sinks[init.name])
+            init.CopyFrom(numpy_helper.from_array(zeroed, init.name))
     return light, feeds
 
 
@@ -74,8 +77,8 @@ def relative_error(got_all, want_all) -> float:
     return worst
 
 
-def max_error(pruned: onnx.ModelProto, original: onnx.ModelProto, slices, runs: int,
-              seed: int) -> float:
+def max_error(pruned: onnx.ModelProto, original: onnx.ModelProto, slices: Sequence[Slice],
+              runs: int, seed: int) -> float:
     """The oracle's error in onnxruntime (float32) over `runs` random inputs."""
     inputs = [random_inputs(original, seed + r) for r in range(runs)]
     light, large = detach(pruned)
@@ -91,15 +94,16 @@ def _outputs(light: onnx.ModelProto, weights: dict[str, np.ndarray],
     return [sess.run(None, {**feeds, **weights}) for feeds in inputs]
 
 
-def float64_error(pruned: onnx.ModelProto, original: onnx.ModelProto, slices, runs: int,
-                  seed: int) -> float:
+def float64_error(pruned: onnx.ModelProto, original: onnx.ModelProto,
+                  slices: Sequence[Slice], runs: int, seed: int) -> float:
     """The same comparison in float64 with onnx's reference evaluator (precision.py)."""
     light, weights = reference_weights(original, slices)
     reference = attach(light, [numpy_helper.from_array(v, k) for k, v in weights.items()])
     worst = 0.0
     for r in range(runs):
         feeds = random_inputs(original, seed + r)
-        worst = max(worst, relative_error(run_float64(pruned, feeds), run_float64(reference, feeds)))
+        got, want = run_float64(pruned, feeds), run_float64(reference, feeds)
+        worst = max(worst, relative_error(got, want))
     return worst
 
 
@@ -118,8 +122,8 @@ class Verdict:
     float32_error: float
 
 
-def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, slices, runs: int = 2,
-           seed: int = 0) -> Verdict:
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, slices: Sequence[Slice],
+           runs: int = 2, seed: int = 0) -> Verdict:
     """Checker + oracle; raises VerificationError beyond tolerance.
 
     float32 in onnxruntime first; if that exceeds the tolerance, float64 decides (a model that

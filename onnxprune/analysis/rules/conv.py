@@ -17,8 +17,10 @@ count stays and every group shrinks alike (sink W[:, j], producer W[o]).
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from onnxprune.analysis.flow import Block, Flow, Role
+from onnxprune.analysis.context import Ctx
+from onnxprune.analysis.flow import Block, Fixup, FixupEdit, Flow, Role
 from onnxprune.analysis.rules.common import T, not_axis
 from onnxprune.analysis.rules.registry import rule
 
@@ -38,8 +40,8 @@ def _link_per_index(flow: Flow, w: str, x: str, out: str, c_in: int, c_out: int,
     return flow.link(T(out), np.arange(c_out), T(out), np.arange(c_out) % og)
 
 
-def _group_fixup(out: str, og: int):
-    def fixup(node, edit):
+def _group_fixup(out: str, og: int) -> Fixup:
+    def fixup(node: onnx.NodeProto, edit: FixupEdit) -> None:
         edit.set_attr(node, "group", len(edit.kept(out)) // og)
     return fixup
 
@@ -59,7 +61,7 @@ def _not_constant(node) -> Block:
 
 
 @rule("Conv")
-def conv(node, ctx):
+def conv(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """group 1: producer W[o], B[o]; sink W[:, c]. group > 1: whole groups (module docstring)."""
     operands = _operands(node, ctx)
     if operands is None:
@@ -84,7 +86,7 @@ def conv(node, ctx):
 
 
 @rule("ConvTranspose")
-def conv_transpose(node, ctx):
+def conv_transpose(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """W is [C_in, C_out/group, k...]: group 1 sinks W[c] and produces W[:, o]; grouped as Conv."""
     operands = _operands(node, ctx)
     if operands is None:

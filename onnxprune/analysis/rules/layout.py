@@ -7,8 +7,10 @@ owns features [c*HW, (c+1)*HW)) and channel shuffle (a permutation) without spec
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from onnxprune.analysis.flow import Block, Flow, Role
+from onnxprune.analysis.context import Ctx
+from onnxprune.analysis.flow import Block, Fixup, FixupEdit, Flow, Role
 from onnxprune.analysis.rules.common import T, int_list, norm_axis, present
 from onnxprune.analysis.rules.registry import rule
 
@@ -23,7 +25,7 @@ def _const_or_same(flow, ctx, name, out, axis, size):
 
 
 @rule("Concat")
-def concat(node, ctx):
+def concat(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """On the channel axis channels keep their identity at an offset; on another axis they pass."""
     out, inputs = node.output[0], present(node.input)
     rank = ctx.rank(out)
@@ -50,8 +52,8 @@ def concat(node, ctx):
     return flow
 
 
-def _split_fixup(outs: list[str], opset: int):
-    def fixup(node, edit):
+def _split_fixup(outs: list[str], opset: int) -> Fixup:
+    def fixup(node: onnx.NodeProto, edit: FixupEdit) -> None:
         sizes = np.array([len(edit.kept(o)) for o in outs], dtype=np.int64)
         if opset < 13:
             edit.set_attr(node, "split", [int(s) for s in sizes])
@@ -62,13 +64,15 @@ def _split_fixup(outs: list[str], opset: int):
 
 
 @rule("Split")
-def split(node, ctx):
+def split(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Split on the channel axis: output i owns input channels [offset_i, offset_i + size_i)."""
     x, outs = node.input[0], list(node.output)
     space = ctx.space(x)
     axis = norm_axis(ctx.attrs(node).get("axis", 0), ctx.rank(x))
     flow = Flow()
     flow.consts.update(present(node.input[1:]))
+    if space is None:  # a scalar, or a constant left unfolded: readers see the result opaque
+        return flow
     if space.axis != axis:
         for out in present(outs):
             flow.output(out, space.axis, space.size).same(T(x), T(out), space.size)
@@ -91,8 +95,8 @@ def _slice_bounds(start: int, end: int, size: int) -> tuple[int, int]:
     return min(max(start, 0), size), min(max(end, 0), size)
 
 
-def _slice_fixup(x: str, pos: int, start: int, end: int):
-    def fixup(node, edit):
+def _slice_fixup(x: str, pos: int, start: int, end: int) -> Fixup:
+    def fixup(node: onnx.NodeProto, edit: FixupEdit) -> None:
         kept = edit.kept(x)
         starts = np.array(edit.const(node.input[1]), dtype=np.int64).reshape(-1)
         ends = np.array(edit.const(node.input[2]), dtype=np.int64).reshape(-1)
@@ -104,7 +108,7 @@ def _slice_fixup(x: str, pos: int, start: int, end: int):
 
 
 @rule("Slice")
-def slice_(node, ctx):
+def slice_(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """A step-1 slice of the channel axis keeps channels [start, end); the bounds are recomputed."""
     x, out = node.input[0], node.output[0]
     space = ctx.space(x)
@@ -117,6 +121,8 @@ def slice_(node, ctx):
     steps = [1] * len(starts) if values[3] is None else int_list(values[3])
     flow = Flow()
     flow.consts.update(present(node.input[1:]))
+    if space is None:  # a scalar, or a constant left unfolded: readers see the result opaque
+        return flow
     if space.axis not in axes:
         return flow.output(out, space.axis, space.size).same(T(x), T(out), space.size)
     pos = axes.index(space.axis)
@@ -131,10 +137,12 @@ def slice_(node, ctx):
 
 
 @rule("Transpose")
-def transpose(node, ctx):
+def transpose(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """The channel axis moves to where `perm` puts it."""
     x, out = node.input[0], node.output[0]
     space, rank = ctx.space(x), ctx.rank(x)
+    if space is None:  # a constant left unfolded: readers see the result opaque
+        return Flow()
     perm = ctx.attrs(node).get("perm") or list(reversed(range(rank)))
     axis = list(perm).index(space.axis)
     return Flow().output(out, axis, space.size).same(T(x), T(out), space.size)

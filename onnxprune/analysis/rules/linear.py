@@ -5,6 +5,9 @@ Flatten -> Gemm needs nothing special: the Flatten rule maps channel c to the fe
 """
 from __future__ import annotations
 
+import onnx
+
+from onnxprune.analysis.context import Ctx
 from onnxprune.analysis.flow import Block, Flow, Role
 from onnxprune.analysis.rules.common import T, not_axis
 from onnxprune.analysis.rules.registry import rule
@@ -22,7 +25,7 @@ def _bias(flow: Flow, ctx, c: str, out: str, n: int) -> Flow | Block:
 
 
 @rule("Gemm")
-def gemm(node, ctx):
+def gemm(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Y = A' B' + C. Sink: B's K axis; producer: B's N axis and a per-feature C."""
     a, b, out = node.input[0], node.input[1], node.output[0]
     attrs = ctx.attrs(node)
@@ -44,7 +47,7 @@ def gemm(node, ctx):
 
 
 @rule("MatMul")
-def matmul(node, ctx):
+def matmul(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """A[..., K] @ W[K, N]: sink W[k], producer W[:, n]; channels on A's batch axes pass."""
     a, b, out = node.input[0], node.input[1], node.output[0]
     weight = ctx.const(b)
@@ -82,7 +85,8 @@ def _matmul_activations(node, ctx):
     out_shape = ctx.shape(out)
     if ctx.rank(a) < 2 or ctx.rank(b) < 2:
         return Block("MatMul with a vector operand")
-    (sa, oa), (sb, ob) = _side(ctx, a, len(out_shape), -1, -2), _side(ctx, b, len(out_shape), -2, -1)
+    sa, oa = _side(ctx, a, len(out_shape), -1, -2)
+    sb, ob = _side(ctx, b, len(out_shape), -2, -1)
     axis = oa if oa is not None else ob
     if axis is None:
         return Block("MatMul sums over the channels of both operands")

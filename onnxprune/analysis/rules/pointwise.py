@@ -3,10 +3,13 @@
 Multi-input element-wise ops broadcast numpy-style: every activation input whose channel axis
 lines up with the output's is the same channel (that is how residual Add and squeeze-excite Mul
 couple channels); a constant with the full channel dimension is a per-channel parameter of the
-unit; a constant or activation of size 1 on that axis broadcasts and stays.
+unit; a constant or activation of size 1 on that axis (or a scalar) broadcasts and stays.
 """
 from __future__ import annotations
 
+import onnx
+
+from onnxprune.analysis.context import Ctx
 from onnxprune.analysis.flow import Block, Flow, Role
 from onnxprune.analysis.rules.common import T, norm_axis, not_axis, present, used_outputs
 from onnxprune.analysis.rules.registry import rule
@@ -20,12 +23,14 @@ BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Wh
 
 
 @rule(*UNARY)
-def unary(node, ctx):
+def unary(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Pass every channel through; extra inputs (Clip bounds, Dropout ratio) are constants."""
     x = node.input[0]
     space = ctx.space(x)
     flow = Flow()
     flow.consts.update(present(node.input[1:]))
+    if space is None:  # a scalar, or a constant left unfolded: readers see the result opaque
+        return flow
     for out in used_outputs(node):
         flow.output(out, space.axis, space.size).same(T(x), T(out), space.size)
     return flow
@@ -54,6 +59,8 @@ def _couple_input(flow, ctx, name, out, axis, out_rank, size):
             flow.param(name, in_axis, Role.PASSTHROUGH, T(out), size=size)
         return None
     space = ctx.space(name)
+    if space is None:  # an activation with no channel axis (a scalar) broadcasts
+        return Block(f"input {name!r} has channels of unknown origin") if width > 1 else None
     if space.axis == in_axis and space.size == size:
         flow.same(T(name), T(out), size)
     elif width > 1:
@@ -64,7 +71,7 @@ def _couple_input(flow, ctx, name, out, axis, out_rank, size):
 
 
 @rule(*BROADCAST)
-def broadcast(node, ctx):
+def broadcast(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Inputs aligned numpy-style; see the module docstring."""
     out = node.output[0]
     out_shape = ctx.shape(out)
@@ -80,7 +87,7 @@ def broadcast(node, ctx):
 
 
 @rule("BatchNormalization", "InstanceNormalization")
-def per_channel_norm(node, ctx):
+def per_channel_norm(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Per-channel statistics and affine parameters: all of them are sliced with the channel."""
     if len(used_outputs(node)) > 1:
         return Block(f"{node.op_type} in training mode (running-stat outputs)")
@@ -104,7 +111,7 @@ def _pass_but_block(x: str, out: str, space, reason: str) -> Flow:
 
 
 @rule("LayerNormalization")
-def layer_norm(node, ctx):
+def layer_norm(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Statistics over axes [axis, rank): exact only if the channel axis is not among them."""
     x, out = node.input[0], node.output[0]
     space, rank = ctx.space(x), ctx.rank(x)
@@ -119,7 +126,7 @@ def layer_norm(node, ctx):
 
 
 @rule("GroupNormalization")
-def group_norm(node, ctx):
+def group_norm(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     x, out = node.input[0], node.output[0]
     flow = _pass_but_block(x, out, ctx.space(x), "GroupNormalization shares statistics across "
                            "the channels of a group")
@@ -128,7 +135,7 @@ def group_norm(node, ctx):
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")
-def softmax(node, ctx):
+def softmax(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Along one axis (opset < 13: over all axes from `axis` on, flattened)."""
     x, out = node.input[0], node.output[0]
     space, rank = ctx.space(x), ctx.rank(x)

@@ -15,8 +15,10 @@ axes we keep the one that yields the most units (the finest coupling):
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from onnxprune.analysis.flow import Block, Flow
+from onnxprune.analysis.context import Ctx
+from onnxprune.analysis.flow import Block, Fixup, FixupEdit, Flow
 from onnxprune.analysis.rules.common import T
 from onnxprune.analysis.rules.registry import rule
 from onnxprune.analysis.unionfind import components
@@ -51,8 +53,8 @@ def best_axis(in_shape, axis, out_shape):
     return best
 
 
-def _reshape_fixup(out: str, out_axis: int, in_axis: int):
-    def fixup(node, edit):
+def _reshape_fixup(out: str, out_axis: int, in_axis: int) -> Fixup:
+    def fixup(node: onnx.NodeProto, edit: FixupEdit) -> None:
         shape = np.array(edit.const(node.input[1]), dtype=np.int64).reshape(-1)
         keep_zero = shape[out_axis] == 0 and out_axis == in_axis
         if shape[out_axis] != -1 and not keep_zero:
@@ -62,7 +64,7 @@ def _reshape_fixup(out: str, out_axis: int, in_axis: int):
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
-def reshape(node, ctx):
+def reshape(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """See the module docstring; Reshape's shape constant is rewritten after pruning."""
     x, out = node.input[0], node.output[0]
     space = ctx.space(x)

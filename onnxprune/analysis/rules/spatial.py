@@ -5,8 +5,10 @@ They pass channel c through unchanged, provided the channel axis is not one they
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from onnxprune.analysis.flow import Block, Flow
+from onnxprune.analysis.context import Ctx
+from onnxprune.analysis.flow import Block, Fixup, FixupEdit, Flow
 from onnxprune.analysis.rules.common import T, int_list, norm_axis, not_axis, present, used_outputs
 from onnxprune.analysis.rules.registry import rule
 
@@ -23,7 +25,7 @@ def _passthrough(x: str, out: str, axis: int, size: int, consts=()) -> Flow:
 
 
 @rule(*POOLS)
-def pool(node, ctx):
+def pool(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Pools read each channel's own H x W window."""
     x, out = node.input[0], node.output[0]
     space = ctx.space(x)
@@ -50,7 +52,7 @@ def _reduce_axes(node, ctx) -> list[int] | None:
 
 
 @rule(*REDUCES)
-def reduce(node, ctx):
+def reduce(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Reduce over spatial axes only; the channel axis shifts left when keepdims=0."""
     x, out = node.input[0], node.output[0]
     space = ctx.space(x)
@@ -64,8 +66,8 @@ def reduce(node, ctx):
     return _passthrough(x, out, axis, space.size, node.input[1:])
 
 
-def _resize_fixup(sizes_slot: int, pos: int, out: str):
-    def fixup(node, edit):
+def _resize_fixup(sizes_slot: int, pos: int, out: str) -> Fixup:
+    def fixup(node: onnx.NodeProto, edit: FixupEdit) -> None:
         sizes = np.array(edit.const(node.input[sizes_slot]), dtype=np.int64)
         sizes[pos] = len(edit.kept(out))
         edit.set_input(node, sizes_slot, sizes)
@@ -73,7 +75,7 @@ def _resize_fixup(sizes_slot: int, pos: int, out: str):
 
 
 @rule("Resize", "Upsample")
-def resize(node, ctx):
+def resize(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Scale 1 on the channel axis; an explicit `sizes` entry for it is rewritten after pruning."""
     x, out = node.input[0], node.output[0]
     space, rank = ctx.space(x), ctx.rank(x)
@@ -100,7 +102,7 @@ def resize(node, ctx):
 
 
 @rule("Pad")
-def pad(node, ctx):
+def pad(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     """Spatial padding passes channels; constant channels padded on (a Concat with a constant
     slab, e.g. linear attention's F.pad(v, (0, 1), value=1)) shift the others and stay."""
     x, out = node.input[0], node.output[0]
@@ -114,7 +116,8 @@ def pad(node, ctx):
             return Block("Pad amounts are computed at run time")
         pads = int_list(value)
         axes_in = ctx.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-        axes = list(range(rank)) if axes_in is None else [norm_axis(a, rank) for a in int_list(axes_in)]
+        axes = (list(range(rank)) if axes_in is None
+                else [norm_axis(a, rank) for a in int_list(axes_in)])
     before = after = 0
     if space.axis in axes:
         pos = axes.index(space.axis)
