@@ -32,7 +32,7 @@ eval mode, with every BatchNormalization kept as its own node (a pruner must han
 Cache (:func:`cached_fashion_model`, :func:`load_torch_model`): ``$ONNXPRUNE_CACHE/fashion``
 or ``~/.cache/onnxprune/fashion``; per (name, epochs, seed, WEIGHTS_VERSION, torch version) a
 ``.pt`` state_dict, a ``.json`` with the training record and one ``.onnx`` per exporter, all
-written atomically (temp file + os.replace), training serialised by a lock file.
+written atomically (`onnxprune.model.io.write_atomic`), training serialised by a lock file.
 
 CLI: ``python -m models.fashion train resnet20 [--epochs E] [--seed S] [--exporter X]``,
 ``python -m models.fashion npz out.npz --split test --n 1000``,
@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import pathlib
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -58,6 +58,8 @@ import torch
 from torch import nn
 
 from onnxprune.errors import UserError
+from onnxprune.model.io import cache_dir as project_cache_dir
+from onnxprune.model.io import write_atomic, write_json_atomic
 from onnxprune.models.fashion_data import MEAN, STD, load_fashion, to_input, write_npz
 from onnxprune.models.fashion_nets import MODELS, build_model
 from onnxprune.models.zoo import Exporter, quiet
@@ -214,16 +216,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str],
     return path
 
 
-def default_cache_dir() -> pathlib.Path:
-    """$ONNXPRUNE_CACHE/fashion, else ~/.cache/onnxprune/fashion."""
-    env = os.environ.get("ONNXPRUNE_CACHE")
-    base = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "onnxprune"
-    return base / "fashion"
+# $ONNXPRUNE_CACHE/fashion, else ~/.cache/onnxprune/fashion
+default_cache_dir = functools.partial(project_cache_dir, "fashion")
 
 
-def _stem(name: str, epochs: int, seed: int) -> str:
+def _stem(name: str, epochs: int, seed: int, max_steps: int | None = None) -> str:
     torch_version = re.sub(r"[^0-9A-Za-z.]+", "_", torch.__version__)
-    return f"{name}-e{epochs}-s{seed}-w{WEIGHTS_VERSION}-torch{torch_version}"
+    steps = "" if max_steps is None else f"-m{max_steps}"
+    return f"{name}-e{epochs}{steps}-s{seed}-w{WEIGHTS_VERSION}-torch{torch_version}"
 
 
 @contextlib.contextmanager
@@ -243,38 +243,26 @@ def _locked(path: pathlib.Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: pathlib.Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make the cache shareable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def weights_path(name: str, epochs: int | None = None, seed: int = 0,
                  cache_dir: str | os.PathLike[str] | None = None,
                  log: Callable[[str], None] | None = None,
-                 threads: int | None = None) -> pathlib.Path:
+                 threads: int | None = None, max_steps: int | None = None) -> pathlib.Path:
     """The cached ``.pt`` state_dict, training it (once) when missing; a ``.json`` beside it
-    holds the training record (test top-1, seconds per epoch, losses, threads)."""
+    holds the training record (test top-1, seconds per epoch, losses, threads). `max_steps`
+    caps each epoch's batches (the demo's --quick run), cached apart."""
     build_model(name)  # validate the name before any work
     epochs = DEFAULT_EPOCHS[name] if epochs is None else epochs
     directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = directory / f"{_stem(name, epochs, seed)}.pt"
+    path = directory / f"{_stem(name, epochs, seed, max_steps)}.pt"
     if path.exists():
         return path
     with _locked(path):
         if not path.exists():
-            result = train(name, epochs, seed, threads=threads, log=log)
+            result = train(name, epochs, seed, threads=threads, log=log, max_steps=max_steps)
             record = {"name": name, "epochs": epochs, "seed": seed, "torch": torch.__version__,
                       "threads": threads or torch.get_num_threads(), **result.record()}
-            _atomic_write(path.with_suffix(".json"),
-                          lambda tmp: pathlib.Path(tmp).write_text(json.dumps(record, indent=1)))
-            _atomic_write(path, lambda tmp: torch.save(result.model.state_dict(), tmp))
+            write_json_atomic(record, path.with_suffix(".json"))
+            write_atomic(path, lambda tmp: torch.save(result.model.state_dict(), tmp))
     return path
 
 
@@ -285,9 +273,10 @@ def training_record(name: str, epochs: int | None = None, seed: int = 0,
 
 
 def load_torch_model(name: str, epochs: int | None = None, seed: int = 0,
-                     cache_dir: str | os.PathLike[str] | None = None) -> nn.Module:
+                     cache_dir: str | os.PathLike[str] | None = None,
+                     max_steps: int | None = None) -> nn.Module:
     """The trained torch model (eval mode), training it (once) when not cached."""
-    path = weights_path(name, epochs, seed, cache_dir)
+    path = weights_path(name, epochs, seed, cache_dir, max_steps=max_steps)
     model = build_model(name)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
@@ -297,16 +286,18 @@ def cached_fashion_model(name: str, epochs: int | None = None, seed: int = 0,
                          exporter: Exporter | str = Exporter.TORCHSCRIPT,
                          cache_dir: str | os.PathLike[str] | None = None,
                          log: Callable[[str], None] | None = None,
-                         threads: int | None = None) -> pathlib.Path:
+                         threads: int | None = None,
+                         max_steps: int | None = None) -> pathlib.Path:
     """Path to the trained model's ONNX file, training and exporting it on first use."""
     exporter = Exporter(exporter)
-    pt = weights_path(name, epochs, seed, cache_dir, log=log, threads=threads)
+    pt = weights_path(name, epochs, seed, cache_dir, log=log, threads=threads,
+                      max_steps=max_steps)
     path = pt.with_name(f"{pt.stem}-{exporter.value}.onnx")
     if not path.exists():
         with _locked(path):
             if not path.exists():
-                model = load_torch_model(name, epochs, seed, cache_dir)
-                _atomic_write(path, lambda tmp: export_onnx(model, tmp, exporter))
+                model = load_torch_model(name, epochs, seed, cache_dir, max_steps)
+                write_atomic(path, lambda tmp: export_onnx(model, tmp, exporter))
     return path
 
 

@@ -90,7 +90,8 @@ class _G:
         cands = [t for t in self.pool if ok(t)]
         if not cands:
             return None
-        w = np.array([(i + 1) ** 2 * (1 if t.name in self.used else 3) for i, t in enumerate(cands)], float)
+        w = np.array([(i + 1) ** 2 * (1 if t.name in self.used else 3)
+                      for i, t in enumerate(cands)], float)
         return cands[self.rng.choice(len(cands), p=w / w.sum())]
 
     def chans(self, lo: int = 3, hi: int = 24) -> int:
@@ -125,7 +126,8 @@ def bn(g: _G, x: T) -> T:
 
 
 def act(g: _G, x: T) -> T:
-    kinds = ["Relu", "Relu", "Sigmoid", "LeakyRelu", "Clip"] + (["HardSwish"] if g.opset >= 14 else [])
+    kinds = (["Relu", "Relu", "Sigmoid", "LeakyRelu", "Clip"]
+             + (["HardSwish"] if g.opset >= 14 else []))
     kind = g.rng.choice(kinds)
     if kind == "LeakyRelu":
         return g.op(kind, [x.name], x.c, x.s, alpha=float(g.rng.uniform(0.01, 0.3)))
@@ -195,7 +197,8 @@ def b_const_binary(g: _G, x: T) -> None:
 
 
 def b_se(g: _G, x: T) -> None:
-    """Squeeze-excite: (GlobalAveragePool | ReduceMean) -> Conv -> Relu -> Conv -> Sigmoid -> Mul."""
+    """Squeeze-excite: (GlobalAveragePool | ReduceMean) -> Conv -> Relu -> Conv -> Sigmoid
+    -> Mul."""
     if g.rng.random() < 0.7:
         p = g.op("GlobalAveragePool", [x.name], x.c, 1, keep=False)
     elif g.opset >= 18:
@@ -214,7 +217,8 @@ def b_concat(g: _G, x: T) -> None:
         parts = [x]
         for _ in range(int(g.rng.integers(1, 3))):
             room = MAX_C - sum(p.c for p in parts)
-            y = g.pick(lambda t: t.s == x.s and t.c <= room and (t not in parts or g.rng.random() < 0.1))
+            y = g.pick(lambda t, x=x, room=room, parts=parts: t.s == x.s and t.c <= room
+                       and (t not in parts or g.rng.random() < 0.1))
             if y is None and room >= 3:
                 y = conv(g, x, min(room, g.chans()), k=1)
             if y is not None:
@@ -251,7 +255,8 @@ def b_slice(g: _G, x: T) -> None:
     start = int(r.integers(0, x.c))
     end = int(r.integers(start + 1, x.c + 1 - (start == 0)))
     s_in = start - x.c if start and r.random() < 0.2 else start
-    e_in = INT64_MAX if end == x.c and r.random() < 0.5 else (end - x.c if end < x.c and r.random() < 0.2 else end)
+    e_in = (INT64_MAX if end == x.c and r.random() < 0.5
+            else (end - x.c if end < x.c and r.random() < 0.2 else end))
     ins = [x.name, g.ints([s_in]), g.ints([e_in]), g.ints([1 if r.random() < 0.8 else -3])]
     if r.random() < 0.4:
         ins.append(g.ints([1]))
@@ -298,7 +303,8 @@ def b_resize(g: _G, x: T) -> None:
 
 
 def b_pad_conv(g: _G, x: T) -> None:
-    """Pad H/W by 1 (constant/reflect/edge; pads + axes inputs differ by opset) -> valid 3x3 Conv."""
+    """Pad H/W by 1 (constant/reflect/edge; pads + axes inputs differ by opset) -> valid 3x3
+    Conv."""
     r = g.rng
     mode = str(r.choice(["constant", "reflect", "edge"]))
     if g.opset >= 18 and r.random() < 0.5:
@@ -358,7 +364,8 @@ def _head(g: _G, rng: np.random.Generator) -> tuple[str, list[int]]:
         x = same[-1]
         if len(same) > 1:
             add = all(t.c == x.c for t in same) and rng.random() < 0.5
-            x = T(_merge(g, [t.name for t in same], add), x.c if add else sum(t.c for t in same), x.s)
+            x = T(_merge(g, [t.name for t in same], add),
+                  x.c if add else sum(t.c for t in same), x.s)
         y = conv(g, x, n, k=int(rng.choice([1, 3])), keep=False)
         return y.name, [1, n, y.s, y.s]
     leaves = leaves[-4:]
@@ -380,7 +387,8 @@ def _live(nodes: list, inits: list, out: str) -> tuple[list, list]:
 
 def random_cnn(seed: int, max_nodes: int = 14) -> onnx.ModelProto:
     """A random small CNN; deterministic in (seed, max_nodes). See the module docstring."""
-    r_cfg, r_grow, r_head = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    r_cfg, r_grow, r_head = (np.random.default_rng(s)
+                             for s in np.random.SeedSequence(seed).spawn(3))
     opset = int(r_cfg.choice(OPSETS))
     c, s = int(r_cfg.integers(1, 7)), int(r_cfg.choice([8, 12, 16]))
     g = _G(r_grow, opset, const_nodes=bool(r_cfg.random() < 0.25))
@@ -405,7 +413,10 @@ def random_cnn(seed: int, max_nodes: int = 14) -> onnx.ModelProto:
         doc_string=f"random_cnn(seed={seed}, max_nodes={max_nodes})")
 
 
-def graphs(max_nodes=st.integers(1, 24)) -> st.SearchStrategy[onnx.ModelProto]:
+_NODE_COUNTS = st.integers(1, 24)
+
+
+def graphs(max_nodes=_NODE_COUNTS) -> st.SearchStrategy[onnx.ModelProto]:
     """Hypothesis strategy of random_cnn models; a failure shrinks to (seed, max_nodes).
 
     The model's doc_string records the call that rebuilds it.

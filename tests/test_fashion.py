@@ -173,8 +173,8 @@ def test_cache_paths(tmp_path, monkeypatch):
     assert fashion.default_cache_dir() == tmp_path / "fashion"
     calls = []
 
-    def fake_train(name, epochs, seed, threads=None, log=None):
-        calls.append((name, epochs, seed))
+    def fake_train(name, epochs, seed, threads=None, log=None, max_steps=None):
+        calls.append((name, epochs, seed) + ((max_steps,) if max_steps else ()))
         return fashion.TrainResult(_random_model(name), 0.5, [1.0], [2.0])
 
     monkeypatch.setattr(fashion, "train", fake_train)
@@ -185,6 +185,8 @@ def test_cache_paths(tmp_path, monkeypatch):
     assert path.name.endswith("-torchscript.onnx") and again.name.endswith("-dynamo.onnx")
     assert path.with_name(path.name.replace("-torchscript.onnx", ".pt")).exists()
     assert fashion.training_record("resnet20", 2, 1)["test_top1"] == 0.5
+    quick = fashion.cached_fashion_model("resnet20", epochs=2, seed=1, max_steps=40)
+    assert calls[-1] == ("resnet20", 2, 1, 40) and "-e2-m40-s1-" in quick.name  # cached apart
     model = fashion.load_torch_model("resnet20", epochs=2, seed=1)
     reference = _random_model("resnet20")
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())

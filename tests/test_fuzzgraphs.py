@@ -12,9 +12,9 @@ from onnxprune.models.fuzzgraphs import OPSETS, graphs, random_cnn
 SEEDS = range(50)
 # Every op the generator can emit; each must show up in the 50 default-size seeds.
 ALL_OPS = {
-    "Conv", "BatchNormalization", "Relu", "Sigmoid", "LeakyRelu", "HardSwish", "Clip", "Add", "Mul",
-    "GlobalAveragePool", "ReduceMean", "Concat", "Split", "Slice", "Reshape", "Transpose", "MaxPool",
-    "AveragePool", "Resize", "Pad", "Flatten", "Gemm", "Constant",
+    "Conv", "BatchNormalization", "Relu", "Sigmoid", "LeakyRelu", "HardSwish", "Clip", "Add",
+    "Mul", "GlobalAveragePool", "ReduceMean", "Concat", "Split", "Slice", "Reshape", "Transpose",
+    "MaxPool", "AveragePool", "Resize", "Pad", "Flatten", "Gemm", "Constant",
 }
 
 

@@ -3,7 +3,7 @@ the CLI. Under `-m slow` every model must analyse, prune to --target-mem 0.7 and
 a target is unreachable, exit 2 with the reachable minimum pinned in UNREACHABLE and then prune
 just above it), pass the oracle recomputed here from the report, and run in onnxruntime. One
 quick test per installed family runs by default. A missing optional package skips its models;
-exports are cached (ONNXPRUNE_CACHE or ~/.cache/onnxprune/other)."""
+exports are cached in $ONNXPRUNE_CACHE/other (default ~/.cache/onnxprune/other)."""
 from __future__ import annotations
 
 import collections
@@ -173,9 +173,10 @@ def _error(got: dict, want: dict) -> float:
 
 def _channel_error(got: dict, want: dict) -> float:
     """_error with every axis-1 channel of every output taken as an output of its own."""
-    split = lambda outs: {f"{name}[{c}]": np.take(value, c, axis=1)
-                          for name, value in outs.items() if np.ndim(value) >= 2
-                          for c in range(np.shape(value)[1])}
+    def split(outs):
+        return {f"{name}[{c}]": np.take(value, c, axis=1)
+                              for name, value in outs.items() if np.ndim(value) >= 2
+                              for c in range(np.shape(value)[1])}
     return _error(split(got), split(want))
 
 
@@ -190,7 +191,8 @@ def _recompute_oracle(source: str, record: dict, pruned, per_channel: bool = Fal
     if check["error"] > TOLERANCE:  # float32 noise of a trained model: float64 decides
         from onnxprune.verify.precision import run_float64
 
-        outputs = lambda m: dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
+        def outputs(m):
+            return dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
         check.update(error=_error(outputs(pruned), outputs(reference)), precision="float64",
                      float32_error=check["error"])
     # Not vacuous: the unmasked original must differ from the pruned model beyond the tolerance.

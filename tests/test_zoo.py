@@ -1,6 +1,7 @@
 """The zoo: torchvision architectures (random weights) from both torch exporters must prune to
 half the feature-map memory through the CLI and pass the oracle. SMALL_ZOO runs by default,
-the rest under `-m slow`. Exports are cached (ONNXPRUNE_CACHE or ~/.cache/onnxprune/zoo)."""
+the rest under `-m slow`. Exports are cached in `$ONNXPRUNE_CACHE/zoo` (default
+~/.cache/onnxprune/zoo)."""
 import json
 
 import numpy as np

@@ -56,6 +56,7 @@ from onnxprune.config import (
     TargetKind,
 )
 from onnxprune.model.graph import input_specs
+from onnxprune.model.io import cache_dir
 from onnxprune.models.fashion import (
     cached_fashion_model,
     evaluate_onnx,
@@ -251,9 +252,7 @@ def _round_to(base, target: float) -> int:
 
 
 def _default_workdir() -> Path:
-    root = os.environ.get("ONNXPRUNE_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "onnxprune"
-    return base / "bench-accuracy"
+    return cache_dir("bench-accuracy")
 
 
 def main() -> int:

@@ -5,8 +5,8 @@
 
 Models (a missing optional package prints one line and its part is skipped):
 - timm: architectures outside the torchvision zoo, pretrained=False, 1x3x224x224, exported with
-  dynamo=False (opset 17) and dynamo=True (one file), cached in $ONNXPRUNE_CACHE or
-  ~/.cache/onnxprune/unseen.
+  dynamo=False (opset 17) and dynamo=True (one file), cached in $ONNXPRUNE_CACHE/unseen (default
+  ~/.cache/onnxprune/unseen).
   timm's default init leaves many nearly input-independent, which blinds the oracle, so every
   constant-valued parameter is re-drawn and BatchNorm statistics are calibrated (seeded).
 - rapidocr-onnxruntime: the trained PaddleOCR det / cls / rec models shipped in the wheel.
@@ -46,6 +46,8 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
+
+from onnxprune.model.io import cache_dir, write_atomic  # noqa: E402
 
 TIMM_MODELS = ("cspresnet50", "dla34", "dpn68", "resnest14d", "repvgg_a0", "ghostnetv2_100",
                "hrnet_w18_small", "res2net50_14w_8s", "skresnet18", "rexnet_100",
@@ -93,9 +95,8 @@ def export_timm(name: str, exporter: str, path: Path) -> None:
     import timm
     import torch
     torch.set_num_threads(1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def export(tmp: str) -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -108,10 +109,8 @@ def export_timm(name: str, exporter: str, path: Path) -> None:
             else:
                 torch.onnx.export(model, (x,), None, dynamo=True, **io_names).save(
                     tmp, external_data=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomic(path, export)
 
 
 def timm_cases(names, exporters) -> list[Case]:
@@ -121,7 +120,7 @@ def timm_cases(names, exporters) -> list[Case]:
     except ImportError as exc:
         print(f"skipping the timm models: {exc} (pip install timm)")
         return []
-    cache = Path(os.environ.get("ONNXPRUNE_CACHE") or "~/.cache/onnxprune/unseen").expanduser()
+    cache = cache_dir("unseen")
     cache.mkdir(parents=True, exist_ok=True)
     tag = re.sub(r"[^0-9A-Za-z.]+", "_", f"torch{torch.__version__}-timm{timm.__version__}")
     cases = []
@@ -147,7 +146,8 @@ def ocr_cases(names) -> list[Case]:
               "(pip install rapidocr-onnxruntime)")
         return []
     folder = Path(spec.origin).parent / "models"
-    opset = lambda path: max(o.version for o in onnx.load(str(path)).opset_import if not o.domain)
+    def opset(path):
+        return max(o.version for o in onnx.load(str(path)).opset_import if not o.domain)
     return [Case(name, "PaddleOCR, trained", f"Paddle, opset {opset(folder / file)}", folder / file,
                  shape) for name, (file, shape) in OCR_MODELS.items() if name in names]
 
@@ -296,7 +296,8 @@ def recompute(path: Path, report: dict, pruned_path: Path) -> dict:
     check = {"ok": err <= TOLERANCE, "where": where, "error": err, "precision": "f32"}
     if not check["ok"]:
         from onnxprune.verify.precision import run_float64
-        outputs = lambda m: dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
+        def outputs(m):
+            return dict(zip([o.name for o in m.graph.output], run_float64(m, feeds)))
         err64 = worst_error(outputs(pruned), outputs(reference))
         check.update(ok=err64 <= TOLERANCE, error64=err64, precision="f64")
     return check

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                 plans += check_random_plans(random_cnn(seed, args.max_nodes), seed, args.plans)
             except Exception as exc:  # a fuzzer records every failure and goes on
                 failures += 1
-                print(f"seed {seed} (random_cnn({seed}, {args.max_nodes})): {one_line(exc)}", flush=True)
+                print(f"seed {seed} (random_cnn({seed}, {args.max_nodes})): {one_line(exc)}",
+                      flush=True)
                 if args.traceback:
                     traceback.print_exc()
             done += 1
