@@ -44,8 +44,8 @@ class Analysis:
     groups: list[LayerGroup]
     costs: CostModel
     seconds: float
-    # units blocked because the user asked to keep them (--keep)
-    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    keep: tuple[str, ...] = ()      # the names kept by request (--keep) ...
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ... their units
 
 
 @dataclass
@@ -87,7 +87,8 @@ def analyze(model: onnx.ModelProto | str | os.PathLike,
     kept = keep_requested(channels, keep)
     groups = layer_groups(channels)
     costs = CostModel(channels)
-    return Analysis(normalised, channels, groups, costs, time.perf_counter() - start, kept)
+    return Analysis(normalised, channels, groups, costs, time.perf_counter() - start,
+                    tuple(keep), kept)
 
 
 def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
@@ -142,9 +143,13 @@ def _plan(analysis: Analysis, config: PruneConfig, scores: np.ndarray) -> Plan:
     return plan_pruning(*args, config.normalize, config.round_to)
 
 
-def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
+def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneConfig,
           scores: np.ndarray | None = None, data=None) -> PruneResult:
     """Analyse, score, plan, slice and verify; raises UserError / VerificationError.
+
+    `model` may be an Analysis from `analyze` (made with the same `keep`): several prunes of
+    one model (a sweep, a latency target's re-plans) then analyse it once. It is not changed,
+    except that a latency target attaches its per-layer table to its costs.
 
     Data criteria, `recalibrate_bn` and fine-tuning (`config.finetune`) read `data`: see
     open_calibration_data. With fine-tuning, `holdout` samples are set aside for fidelity and
@@ -152,8 +157,8 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
     one-shot prunes as without fine-tuning; then `calibrate.recover.finetune_slice` fine-tunes
     the slice. BN statistics are re-estimated on the slice, before any fine-tuning."""
     recover = _recover_module() if config.finetune is not None else None
-    analysis = analyze(model, config.input_shapes, config.keep)
-    timings = {"analyze": analysis.seconds}
+    analysis = _analysis(model, config)
+    timings = {"analyze": analysis.seconds if analysis is not model else 0.0}
     data, held = _open_data(analysis, config, scores, data)
     gfp = None
     if recover is not None and config.finetune.schedule is Schedule.GFP:
@@ -168,6 +173,16 @@ def prune(model: onnx.ModelProto | str | os.PathLike, config: PruneConfig,
         result.model, result.recovery = recover.finetune_slice(
             analysis.model, result.model, data, held, config, timings, gfp)
     return result
+
+
+def _analysis(model: onnx.ModelProto | str | os.PathLike | Analysis,
+              config: PruneConfig) -> Analysis:
+    if not isinstance(model, Analysis):
+        return analyze(model, config.input_shapes, config.keep)
+    if tuple(config.keep) != model.keep:
+        raise UserError(f"the analysis keeps {list(model.keep)} but the config asks to keep "
+                        f"{list(config.keep)}: analyze with the same keep")
+    return model
 
 
 def _recover_module():

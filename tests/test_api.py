@@ -99,3 +99,19 @@ def test_cli_keep_shows_in_analyze_and_report(tmp_path, capsys):
     record = json.loads(report.read_text())
     assert record["options"]["keep"] == ["n2_conv", "a2"]
     assert _kept_width(onnx.load(tmp_path / "m.pruned.onnx"), "a1") == 16
+
+
+def test_prune_reuses_an_analysis(monkeypatch):
+    """A sweep or a latency target's re-plans analyse the model once."""
+    model = small_resnet(width=16)
+    analysis = op.analyze(model)
+    calls = []
+    real = op.api.analyze
+    monkeypatch.setattr(op.api, "analyze", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for goal in (0.8, 0.6):
+        result = op.prune(analysis, op.PruneConfig(op.Target(op.TargetKind.MEM, goal)))
+        assert result.analysis is analysis
+        assert result.plan.after.mem <= goal * result.plan.before.mem and result.error <= 1e-3
+    assert calls == []
+    with pytest.raises(op.UserError, match="same keep"):
+        op.prune(analysis, op.PruneConfig(op.Target(op.TargetKind.MEM, 0.8), keep=("a1",)))

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -40,6 +41,10 @@ from onnxprune.cli.data import add_data
 from onnxprune.config import LatencyConfig, Normalize, PruneConfig, Target, TargetKind
 from onnxprune.errors import UserError
 
+if TYPE_CHECKING:  # the heavy modules load only when a sweep runs
+    from onnxprune.api import PruneResult
+    from onnxprune.bench.onnxruntime import LatencyStats
+
 Evaluate = Callable[[onnx.ModelProto], float]
 
 
@@ -47,8 +52,8 @@ Evaluate = Callable[[onnx.ModelProto], float]
 class SweepPoint:
     target: float                  # 1.0 for the original
     model: onnx.ModelProto
-    result: object | None = None   # api.PruneResult; None for the original
-    latency: object | None = None  # bench.onnxruntime.LatencyStats
+    result: PruneResult | None = None   # None for the original
+    latency: LatencyStats | None = None
     accuracy: float | None = None
     output: str | None = None
 
@@ -64,12 +69,13 @@ def sweep(model: onnx.ModelProto, targets: list[float], config: PruneConfig,
           latency: LatencyConfig, data=None, evaluate: Evaluate | None = None) -> list[SweepPoint]:
     """The original (first) and one verified prune per target, all timed in one interleaved
     measurement on `latency` (a LatencyConfig). Raises UserError if a target cannot be met."""
-    from onnxprune.api import prune
+    from onnxprune.api import analyze, prune
     from onnxprune.latency.measure import measure
 
     points, scores = [], None
+    analysis = analyze(model, config.input_shapes, config.keep)  # once for every target
     for goal in targets:
-        result = prune(model, replace(config, target=Target(config.target.kind, goal)),
+        result = prune(analysis, replace(config, target=Target(config.target.kind, goal)),
                        scores=scores, data=data)
         scores = result.scores
         points.append(SweepPoint(goal, result.model, result))

@@ -67,15 +67,16 @@ def _target_record(goal: float, config: LatencyConfig, result, attempts: list[di
 def prune_to_latency(model, config: PruneConfig, data=None) -> tuple[object, dict]:
     """Prune to `config.target` (a latency fraction), measure, re-plan on a miss (module
     docstring). Returns the chosen PruneResult and {"latency", "latency_target"} records."""
-    from onnxprune.api import prune
+    from onnxprune.api import analyze, prune
     from onnxprune.plan.planner import TargetUnreachable
 
     latency, goal = config.latency or LatencyConfig(), config.target.fraction
     planned, scores, runs, attempts = goal, None, [], []
+    analysis = analyze(model, config.input_shapes, config.keep)  # once for every re-plan
     tick = time.perf_counter()
     for _ in range(latency.retries + 1):
         try:
-            result = prune(model, replace(config, target=Target(TargetKind.LATENCY, planned)),
+            result = prune(analysis, replace(config, target=Target(TargetKind.LATENCY, planned)),
                            scores=scores, data=data)
         except TargetUnreachable:
             if not runs:
@@ -94,6 +95,7 @@ def prune_to_latency(model, config: PruneConfig, data=None) -> tuple[object, dic
     result, stats = runs[chosen]
     result.calibration = result.calibration or runs[0][0].calibration
     result.timings["latency_loop"] = time.perf_counter() - tick - sum(result.timings.values())
+    result.timings["analyze"] = analysis.seconds
     return result, {"latency": latency_record(*stats, latency),
                     "latency_target": _target_record(goal, latency, result, attempts, chosen,
                                                      stats)}
