@@ -23,12 +23,14 @@ from onnxprune.analysis.keep import keep_requested
 from onnxprune.analysis.normalize import normalize
 from onnxprune.analysis.units import Channels, find_channels
 from onnxprune.config import Criterion, PruneConfig, Schedule
-from onnxprune.errors import UserError
+from onnxprune.errors import UserError, first_line
 from onnxprune.model.external import sources
-from onnxprune.model.graph import input_specs
+from onnxprune.model.graph import input_specs, recorded_shapes, static_input_shapes
 from onnxprune.model.io import load
 from onnxprune.plan.importance import data_free_scores
 from onnxprune.plan.planner import Plan, plan_pruning, plan_uniform_rate
+from onnxprune.rewrite.share import reshare
+from onnxprune.rewrite.signature import SecondShape, ShapeCheck, Signature, signature
 from onnxprune.rewrite.surgery import Slice, apply_plan
 from onnxprune.verify.oracle import Verdict, verify
 
@@ -46,6 +48,7 @@ class Analysis:
     seconds: float
     keep: tuple[str, ...] = ()      # the names kept by request (--keep) ...
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ... their units
+    signature: Signature | None = None  # the original's dynamic input dims (rewrite.signature)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class PruneResult:
     calibration: CalibrationResult | None = None   # data criteria
     recovery: Recovery | None = None               # after fine-tuning
     bn_samples: int | None = None       # samples that re-estimated BN statistics, if asked
+    shapes: list[ShapeCheck] = field(default_factory=list)  # the oracle at each input shape
 
     @property
     def error(self) -> float:
@@ -82,13 +86,14 @@ def analyze(model: onnx.ModelProto | str | os.PathLike,
 
     `keep` names tensors or nodes whose channels must stay (`onnxprune.analysis.keep`)."""
     start = time.perf_counter()
-    normalised = normalize(_as_model(model), input_shapes or {})
+    source = _as_model(model)  # a pruned file's dynamic dims default to its analysis shape
+    normalised = normalize(source, {**recorded_shapes(source), **(input_shapes or {})})
     channels = find_channels(normalised)
     kept = keep_requested(channels, keep)
     groups = layer_groups(channels)
     costs = CostModel(channels)
     return Analysis(normalised, channels, groups, costs, time.perf_counter() - start,
-                    tuple(keep), kept)
+                    tuple(keep), kept, signature(source, normalised))
 
 
 def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
@@ -155,10 +160,17 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
     open_calibration_data. With fine-tuning, `holdout` samples are set aside for fidelity and
     the rest trains: the GFP schedule prunes while training (`calibrate.recover.prune_gfp`),
     one-shot prunes as without fine-tuning; then `calibrate.recover.finetune_slice` fine-tunes
-    the slice. BN statistics are re-estimated on the slice, before any fine-tuning."""
+    the slice. BN statistics are re-estimated on the slice, before any fine-tuning. The model
+    returned keeps the original's dynamic dimensions unless `config.static_shape`
+    (`_prove_signature`)."""
     recover = _recover_module() if config.finetune is not None else None
     analysis = _analysis(model, config)
+    start = time.perf_counter()
     timings = {"analyze": analysis.seconds if analysis is not model else 0.0}
+    second = None
+    if analysis.signature is not None and not config.static_shape:  # fails before any work
+        second = analysis.signature.second()
+        timings["signature"] = time.perf_counter() - start
     data, held = _open_data(analysis, config, scores, data)
     gfp = None
     if recover is not None and config.finetune.schedule is Schedule.GFP:
@@ -167,12 +179,40 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
                              np.zeros(len(gfp.plan.removed)), gfp.verdict, timings)
     else:
         result = _prune_oneshot(analysis, config, scores, data, timings)
+    sliced, written = _prove_signature(analysis, config, result, second, gfp is not None)
     if config.calibration.recalibrate_bn:
         _recalibrate_bn(result, config, data)
     if recover is not None:
         result.model, result.recovery = recover.finetune_slice(
             analysis.model, result.model, data, held, config, timings, gfp)
+    if second is not None:  # the original's signature, dynamic dims and all
+        result.model = written if result.model is sliced else second.apply(result.model)
+    result.model = reshare(result.model)  # proven: identical initializers stored once
     return result
+
+
+def _prove_signature(analysis: Analysis, config: PruneConfig, result: PruneResult,
+                     second: SecondShape | None, trained: bool):
+    """The oracle at each input shape of the written file: with free dims (`second`), the
+    slice with the original's weights, rewritten to the original's signature, at the analysis
+    shape and at the second one (onnxprune.rewrite.signature), each against the masked original
+    normalised at that shape. Returns (that slice, its rewritten form), or Nones."""
+    if second is None:
+        result.shapes = [ShapeCheck(static_input_shapes(analysis.model), result.verdict)]
+        return None, None
+    tick = time.perf_counter()
+    sliced = apply_plan(analysis.channels, result.plan.removed)[0] if trained else result.model
+    written = second.apply(sliced)
+    for shapes, original in ((static_input_shapes(analysis.model), analysis.model),
+                             (second.shapes, second.model)):
+        try:
+            verdict = verify(original, written, result.slices, runs=config.verify_runs,
+                             seed=config.seed)
+        except Exception as exc:  # VerificationError, or onnxruntime cannot run it there
+            raise second.failure(f"the oracle fails: {first_line(exc)}", shapes) from None
+        result.shapes.append(ShapeCheck(shapes, verdict))
+    result.timings["signature"] += time.perf_counter() - tick
+    return sliced, written
 
 
 def _analysis(model: onnx.ModelProto | str | os.PathLike | Analysis,

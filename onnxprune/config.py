@@ -31,6 +31,10 @@ class Normalize(enum.Enum):
     LATENCY = "latency"  # importance / Δlatency, HALP-style (onnxprune.latency)
 
 
+class Quantize(enum.Enum):
+    INT8 = "int8"      # onnxruntime's static quantizer, QDQ (onnxprune.rewrite.quantize)
+
+
 class Criterion(enum.Enum):
     L1 = "l1"
     L2 = "l2"
@@ -98,6 +102,9 @@ class PruneConfig:
     finetune: FinetuneConfig | None = None   # recovery (calibrate.recover); None: no training
     latency: LatencyConfig | None = None  # backend, runs, cache; None: the defaults (ort-cpu)
     keep: tuple[str, ...] = ()   # tensors / nodes whose channels stay (onnxprune.analysis.keep)
+    static_shape: bool = False   # the output keeps the analysis shape instead of the original's
+                                 # dynamic dims (onnxprune.rewrite.signature)
+    quantize: Quantize | None = None  # also write an INT8 copy; run by the CLI after prune
 
     @property
     def uses_latency(self) -> bool:

@@ -230,3 +230,157 @@ def test_bench_cli_and_plots_import_no_optional_packages():
     root = Path(plots.__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True,
                    env={**os.environ, "PYTHONPATH": str(root)})
+
+
+# --- TensorRT optimization profiles (no TensorRT here: parsing, options, a fake builder) -----
+
+def _dynamic(tmp_path, name="dyn.onnx"):
+    path = tmp_path / name
+    onnx.save(small_resnet(width=8, batch="N"), path)
+    return str(path)
+
+
+def _profile(argv):
+    from onnxprune.bench.cli import bench_parser, bench_profile
+    from onnxprune.model.io import load
+
+    args = bench_parser().parse_args(argv)
+    return bench_profile(args, [load(m) for m in args.models], args.models)
+
+
+SHAPES = ["--min-shapes", "input:1x3x16x16", "--opt-shapes", "4x3x16x16",
+          "--max-shapes", "input:32x3x16x16"]
+
+
+def test_profile_flags_are_trtexecs_min_opt_max(tmp_path):
+    profile = _profile([_dynamic(tmp_path), "--backend", "tensorrt", "--batch", "1,8"] + SHAPES)
+    assert profile.as_dict() == {"input": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16],
+                                           "max": [32, 3, 16, 16]}}
+    assert profile.describe() == "input 1x3x16x16 to 32x3x16x16, opt 4x3x16x16"
+
+
+def test_default_profile_spans_the_batches_of_a_dynamic_model(tmp_path, two_models):
+    profile = _profile([_dynamic(tmp_path), "--backend", "ort-trt", "--batch", "4,1,16"])
+    r = profile.get("input")
+    assert (r.min[0], r.opt[0], r.max[0]) == (1, 4, 16) and r.min[1:] == (3, 16, 16)
+    assert _profile(two_models + ["--backend", "ort-trt", "--batch", "1,4"]) is None  # static
+    assert _profile([_dynamic(tmp_path), "--batch", "1,4"]) is None  # ort-cpu: no engine
+
+
+@pytest.mark.parametrize("argv, message", [
+    (SHAPES[:4], "give all three or none"),
+    (["--min-shapes", "8x3x16x16", "--opt-shapes", "4x3x16x16", "--max-shapes", "16x3x16x16"],
+     "min <= opt <= max"),
+    (["--min-shapes", "x:1x3x16x16", "--opt-shapes", "4x3x16x16", "--max-shapes", "8x3x16x16"],
+     "--min-shapes names 'x'"),
+    (["--min-shapes", "1x3", "--opt-shapes", "4x3x16x16", "--max-shapes", "8x3x16x16"],
+     "different ranks"),
+    (["--min-shapes", "1x3x16x16", "--opt-shapes", "4x3x16x16", "--max-shapes", "8x3x16x16",
+      "--batch", "16"], "outside the optimization profile"),
+])
+def test_profile_errors_are_one_line(tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        _profile([_dynamic(tmp_path), "--backend", "tensorrt"] + argv)
+
+
+def test_profile_flags_need_a_tensorrt_backend(tmp_path):
+    with pytest.raises(UserError, match="profiles are for --backend tensorrt or ort-trt"):
+        run_bench([_dynamic(tmp_path)] + SHAPES + FAST)
+
+
+def test_ort_trt_provider_options_carry_the_profile(tmp_path, two_models):
+    from onnxprune.bench.profile import parse_profile
+
+    profile = parse_profile(("1x3x16x16", "4x3x16x16", "32x3x16x16"), ["input"])
+    options = backends.BackendOptions(cache_dir=tmp_path / "engines", profile=profile)
+    ort_trt = backends.get_backend(BackendKind.ORT_TRT, options)
+    dynamic = onnx.load(_dynamic(tmp_path))
+    (name, trt), *rest = ort_trt._providers(False, dynamic, 4)
+    assert name == "TensorrtExecutionProvider" and rest[-1] == "CPUExecutionProvider"
+    assert trt["trt_profile_min_shapes"] == "input:1x3x16x16"
+    assert trt["trt_profile_opt_shapes"] == "input:4x3x16x16"
+    assert trt["trt_profile_max_shapes"] == "input:32x3x16x16"
+    assert "profile-" in trt["trt_engine_cache_path"]  # an engine folder per profile
+    static = onnx.load(two_models[0])  # static inputs: a fixed engine, no profile options
+    (_, trt), *_ = ort_trt._providers(False, static, 1)
+    assert not any(k.startswith("trt_profile") for k in trt)
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "engines")
+
+
+class _FakeTensorRT:
+    """Just enough of the tensorrt module for build_engine: records the profile's set_shape."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class BuilderFlag:
+        FP16 = "fp16"
+
+    def __init__(self, inputs):
+        self.inputs, self.shapes, self.flags = inputs, [], []
+        fake = self
+
+        class Profile:
+            def set_shape(self, name, low, opt, high):
+                fake.shapes.append((name, tuple(low), tuple(opt), tuple(high)))
+
+        class Network:
+            num_inputs = len(inputs)
+
+            def get_input(self, i):
+                return type("Input", (), {"name": inputs[i]})()
+
+        class Config:
+            def set_flag(self, flag):
+                fake.flags.append(flag)
+
+            def add_optimization_profile(self, profile):
+                fake.added = profile
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"engine"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse(self, data):
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def test_tensorrt_builds_with_the_profile(tmp_path):
+    from onnxprune.bench.profile import Range, engine_ranges, parse_profile
+    from onnxprune.bench.tensorrt import build_engine, engine_path
+    from onnxprune.model.graph import input_specs
+
+    profile = parse_profile(("1x3x16x16", "8x3x16x16", "32x3x16x16"), ["input"])
+    model = onnx.load(_dynamic(tmp_path))
+    ranges = engine_ranges(model, input_specs(model, 4), profile)
+    trt = _FakeTensorRT(["input"])
+    assert build_engine(trt, b"onnx", ranges, fp16=True) == b"engine"
+    assert trt.shapes == [("input", (1, 3, 16, 16), (8, 3, 16, 16), (32, 3, 16, 16))]
+    assert trt.flags == ["fp16"]
+    fixed = engine_ranges(model, input_specs(model, 4), None)  # no profile: the run shape
+    assert fixed == {"input": Range((4, 3, 16, 16), (4, 3, 16, 16), (4, 3, 16, 16))}
+    paths = {engine_path(tmp_path, b"onnx", r, False, "10.0") for r in (ranges, fixed, ranges)}
+    assert len(paths) == 2  # the cache key names the profile

@@ -76,8 +76,9 @@ def test_dynamic_batch_defaults_to_one_and_input_is_untouched():
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     result = prune(model, _config())
-    dims = result.model.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_value == 1
+    analysed = result.analysis.model.graph.input[0].type.tensor_type.shape.dim
+    assert analysed[0].dim_value == 1  # costs and the oracle at batch 1; the file keeps "N"
+    assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     assert model == copy
 
 

@@ -5,24 +5,44 @@
 - MACs: numel(W) x positions for each Conv / ConvTranspose / Gemm / MatMul with a constant
   weight (positions: output pixels for Conv, input pixels for ConvTranspose, rows for Gemm and
   MatMul), so a sliced W gives the pruned MACs directly.
-- params: elements of the floating-point initializers; weight bytes: bytes of all of them.
+- params: elements of the floating-point initializers; weight bytes: bytes of all of them;
+  both count each distinct initializer once, as the written file stores it (below).
 - activations: elements of every tensor a node outputs.
 - latency: predicted ms, once a latency term (onnxprune.latency: per-layer tables timed on a
   backend) is attached as `CostModel.latency`; None otherwise.
 
 M and activations are linear in the kept counts; MACs and params are products of the kept
 counts of each initializer's axes, evaluated in one vectorised step.
+
+Stored once: the pruned file holds each distinct initializer once (`rewrite.share.reshare`
+merges those of identical dtype, shape and bytes), so params and weight bytes count what the
+files store, before as after. Normalisation copies a shared all-equal initializer per user (a
+zero bias that exporters deduplicated); merging the copies back here gives the input file's
+count. The planner predicts the merges from kept counts alone: at analysis, initializers are
+put in *merge groups* (all-equal ones by dtype, rank and value; others by identical content),
+and a group is stored once per distinct shape its members have after slicing. That is exact
+for all-equal groups (two zero biases of different widths cut to one width merge too) and for
+identical tensors that are unsliced or sliced alike; two identical non-uniform tensors under
+different names, sliced apart to one shape, would be counted once but stored twice. Graph
+inputs and outputs are never merged. MACs count every use: each node still computes.
+The report's after-numbers are not predicted but counted in the written model
+(`stored_costs`): values that change after planning (fine-tuning) and the shape constants that
+surgery rewrites (int64, a few bytes) are known only there.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import onnx
 
 from onnxprune.analysis.context import static_shapes
 from onnxprune.analysis.flow import param_key, tensor_key
+from onnxprune.analysis.rules.contrib import standard_op_type
 from onnxprune.analysis.units import Channels
+from onnxprune.model.external import view
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _MAX_RANK = 8
@@ -42,13 +62,90 @@ class Costs:
         return counts if self.latency is None else {**counts, "latency": self.latency}
 
 
+def _tensor_bytes(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """The tensor's bytes as a (elements, itemsize) uint8 view (a memory map for a lazy
+    tensor: nothing is read until looked at), or None for strings."""
+    values = view(tensor)
+    if values.dtype.kind in "OSU" or not values.dtype.itemsize:
+        return None
+    flat = np.ascontiguousarray(values).reshape(-1)
+    return flat.view(np.uint8).reshape(flat.size, values.dtype.itemsize)
+
+
+def identical_tensors(tensors: Sequence[onnx.TensorProto]) -> list[int]:
+    """For each tensor, the index of the first one with the same dtype, shape and bytes (its
+    own index if none). One tensor is read at a time: a fingerprint (dtype, shape, first and
+    last bytes) sorts them, and only tensors whose fingerprints collide are hashed in full
+    (SHA-256), so weights that differ in their first bytes are never read beyond them."""
+    buckets: dict[tuple, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        data = _tensor_bytes(tensor)
+        if data is None:
+            continue
+        head, tail = data[:8].tobytes(), data[-8:].tobytes()
+        buckets.setdefault((tensor.data_type, tuple(tensor.dims), head, tail), []).append(index)
+    first = list(range(len(tensors)))
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        seen: dict[bytes, int] = {}
+        for index in members:
+            digest = hashlib.sha256(_tensor_bytes(tensors[index]).reshape(-1)).digest()
+            first[index] = seen.setdefault(digest, index)
+    return first
+
+
+def _fill(tensor: onnx.TensorProto) -> bytes | None:
+    """The bytes of the one value of an all-equal tensor (bytewise: +0 and -0 differ), else
+    None."""
+    data = _tensor_bytes(tensor)
+    if data is None or not len(data) or (data[:64] != data[0]).any():
+        return None
+    return data[0].tobytes() if (data == data[0]).all() else None
+
+
+def _merge_groups(model: onnx.ModelProto) -> np.ndarray:
+    """A merge group per initializer (module docstring): equal ids are stored once per
+    distinct shape after slicing."""
+    inits = model.graph.initializer
+    fixed = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    keys: list[tuple] = [("own", r) for r in range(len(inits))]
+    others = []
+    for r, init in enumerate(inits):
+        fill = None if init.name in fixed else _fill(init)
+        if fill is not None:
+            keys[r] = ("fill", init.data_type, len(init.dims), fill)
+        elif init.name not in fixed:
+            others.append(r)
+    for r, f in zip(others, identical_tensors([inits[r] for r in others])):
+        keys[r] = ("own", others[f])
+    ids: dict[tuple, int] = {}
+    return np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
+
+
+def stored_costs(costs: Costs, model: onnx.ModelProto) -> Costs:
+    """`costs` with params and weight bytes counted in `model` itself, every initializer once
+    (for a model `reshare` has run on: the file as written). The plan predicts them from kept
+    counts; the written file can differ where values changed after planning (fine-tuning, BN
+    re-estimation: copies that were equal may not be any more) and by the shape constants that
+    surgery's fix-ups rewrote. Only shapes are read."""
+    params = nbytes = 0
+    for init in model.graph.initializer:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+        count = int(np.prod(init.dims, dtype=np.int64))
+        params += count if np.issubdtype(dtype, np.floating) else 0
+        nbytes += count * dtype.itemsize
+    return replace(costs, params=float(params), weight_bytes=float(nbytes))
+
+
 def _positions(node: onnx.NodeProto, shapes) -> float:
     out = shapes.get(node.output[0])
     if out is None:
         return 0.0
-    if node.op_type == "Conv":
+    op_type = standard_op_type(node)  # a FusedConv is a Conv; a plugin named Conv is not
+    if op_type == "Conv":
         return float(np.prod(out)) / out[1]
-    if node.op_type == "ConvTranspose":
+    if op_type == "ConvTranspose":
         x = shapes[node.input[0]]
         return float(np.prod(x)) / x[1]
     return float(np.prod(out[:-1]))
@@ -75,7 +172,7 @@ class CostModel:
             for pos, out in enumerate(o for o in node.output if o):
                 numel = float(np.prod(shapes.get(out, (0,))))
                 i = index.get(tensor_key(out))
-                compute = node.op_type in COMPUTE_OPS and pos == 0
+                compute = standard_op_type(node) in COMPUTE_OPS and pos == 0
                 if i is None:
                     self.act_fixed += numel
                     self.mem_fixed += numel if compute else 0.0
@@ -102,21 +199,41 @@ class CostModel:
                 if i is not None:
                     self.axis_space[r, axis] = i
         for node in model.graph.node:
-            if node.op_type in COMPUTE_OPS and len(node.input) > 1 and node.input[1] in row:
+            if (standard_op_type(node) in COMPUTE_OPS and len(node.input) > 1
+                    and node.input[1] in row):
                 self.mac_factor[row[node.input[1]]] += _positions(node, shapes)
+        group = _merge_groups(model)
+        sizes = np.bincount(group, minlength=len(group))
+        self.merge_rows = np.flatnonzero(sizes[group] > 1)  # rows that may share storage
+        self.merge_group = group[self.merge_rows]
+
+    def _dims(self, kept: np.ndarray) -> np.ndarray:
+        return np.where(self.axis_space >= 0, kept[np.maximum(self.axis_space, 0)], self.dims)
 
     def numel(self, kept: np.ndarray) -> np.ndarray:
-        dims = np.where(self.axis_space >= 0, kept[np.maximum(self.axis_space, 0)], self.dims)
-        return np.prod(dims, axis=1)
+        return np.prod(self._dims(kept), axis=1)
+
+    def stored(self, kept: np.ndarray) -> np.ndarray:
+        """Which initializer rows the written file holds: the first of each merge group and
+        shape after slicing (module docstring)."""
+        dims = self._dims(kept)
+        keep = np.ones(len(dims), dtype=bool)
+        if len(self.merge_rows):
+            rows = np.column_stack([self.merge_group, dims[self.merge_rows]])
+            _, first = np.unique(rows, axis=0, return_index=True)
+            keep[self.merge_rows] = False
+            keep[self.merge_rows[first]] = True
+        return keep
 
     def costs(self, kept: np.ndarray | None = None) -> Costs:
         """Costs with `kept[i]` channels left in space i (default: the original model)."""
         kept = self.sizes if kept is None else kept
         numel = self.numel(kept)
+        stored = np.where(self.stored(kept), numel, 0.0)  # params: as the file stores them
         return Costs(mem=self.mem_fixed + float(self.mem_w @ kept),
                      macs=float(self.mac_factor @ numel),
-                     params=float(numel[self.is_float].sum()),
-                     weight_bytes=float(self.itemsize @ numel),
+                     params=float(stored[self.is_float].sum()),
+                     weight_bytes=float(self.itemsize @ stored),
                      activations=self.act_fixed + float(self.act_w @ kept),
                      latency=None if self.latency is None else self.latency.total(kept))
 

@@ -22,6 +22,7 @@ from onnxprune.model import (
     external,
     runtime,  # noqa: F401  (quiets onnxruntime, which the constant folder runs)
 )
+from onnxprune.model.check import check_structure
 from onnxprune.model.graph import MIN_OPSET, fix_input_shapes, graph_inputs, opset
 from onnxprune.model.weights import attach, detach, infer_shapes
 
@@ -35,7 +36,7 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
         raise UserError(f"opset {version} is older than {MIN_OPSET}: convert the model first "
                         f"(onnx.version_converter.convert_version)")
     _reject_unsupported(model)
-    _check_references(model)
+    check_structure(model)  # a malformed graph: one line, before any tool sees it
     light, large = detach(model)  # a new light model; `model` is never written to
     fix_input_shapes(light, input_shapes)
     del light.graph.value_info[:]
@@ -45,19 +46,6 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
         if len(light.graph.node) == count:
             break
     return attach(_infer_shapes(light), large)
-
-
-def _check_references(model: onnx.ModelProto) -> None:
-    """Every node input must be produced before it (a graph input, an initializer, an earlier
-    node's output, or a name its subgraphs define) — checked here so that a broken file gets
-    one clear line rather than an error deep inside a tool."""
-    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
-    known |= {o for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        missing = [name for name in node.input if name and name not in known]
-        if missing:
-            raise UserError(f"not a valid model: {node.op_type} {node.name or ''} reads "
-                            f"{missing[0]!r}, which nothing defines")
 
 
 def _reject_unsupported(model: onnx.ModelProto) -> None:
@@ -79,6 +67,7 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
     and sub-graphs that compute from a large initializer stay unfolded (a rule then sees a
     non-constant weight and blocks it, with that reason).
     """
+    _fold_shape_slices(model)
     graph = gs.import_onnx(model)
     _drop_identity(graph)
     with warnings.catch_warnings():
@@ -100,6 +89,25 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = f"{node.op_type}_{index}"
     _unshare_uniform_initializers(out)
     return out
+
+
+def _fold_shape_slices(model: onnx.ModelProto) -> None:
+    """`Shape` nodes with `start` / `end` (opset 15) of a static tensor become initializers.
+
+    onnx-graphsurgeon 0.6 folds a Shape node to the whole shape, ignoring them: torch.export's
+    `Shape(x, start=2, end=4)` (the H, W of a dynamic-size input) became all four dims."""
+    shapes = static_shapes(model)
+    keep = []
+    for node in model.graph.node:
+        attrs = {a.name: a.i for a in node.attribute}
+        if node.op_type != "Shape" or not attrs or node.input[0] not in shapes:
+            keep.append(node)
+            continue
+        dims = np.array(shapes[node.input[0]], dtype=np.int64)[attrs.get("start", 0):
+                                                                attrs.get("end")]
+        model.graph.initializer.append(numpy_helper.from_array(dims, node.output[0]))
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
 
 
 def _unshare_uniform_initializers(model: onnx.ModelProto) -> None:
@@ -185,16 +193,20 @@ def _activation_names(model: onnx.ModelProto) -> list[str]:
 
 
 def _shapes_by_running(model: onnx.ModelProto, names: list[str]) -> None:
-    """Fill the shapes ONNX inference could not resolve by running the model once in ORT."""
+    """Fill the shapes ONNX inference could not resolve by running the model once in ORT: the
+    part of it onnxruntime can run (verify/partial.py). After a node it cannot run (a TensorRT
+    plugin) shapes stay unknown, and the analysis blocks those nodes."""
     from onnxprune.model.runtime import run_with_intermediates
+    from onnxprune.verify.partial import coverage, restrict
 
-    values = run_with_intermediates(model, names)
-    known = {vi.name for vi in model.graph.output}
+    cover = coverage(model)
+    part = model if cover.complete else restrict(model, cover.proven_outputs)
+    made = {o for node in part.graph.node for o in node.output}
+    names = [n for n in names if n in made]
+    values = run_with_intermediates(part, names) if names else {}
     kept = [vi for vi in model.graph.value_info if vi.name not in values]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
-    for name, value in values.items():
-        if name in known:
-            continue
+    for name, value in values.items():  # graph outputs too: their declared type stays as is
         elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
         model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, value.shape))

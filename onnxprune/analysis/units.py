@@ -24,7 +24,7 @@ import onnx
 
 from onnxprune.analysis.context import Ctx, Space
 from onnxprune.analysis.flow import Block, Fixup, Flow, Key, ParamKey, Role, param_key, tensor_key
-from onnxprune.analysis.rules import RULES
+from onnxprune.analysis.rules import find_rule, op_name
 from onnxprune.analysis.unionfind import components
 from onnxprune.errors import first_line
 from onnxprune.model.graph import graph_inputs, opset
@@ -108,9 +108,11 @@ class _Builder:
         return self.spaces[key]
 
     def space_of(self, name: str) -> Space | None:
+        """None for a scalar, and for a tensor of unknown shape (only after a node onnxruntime
+        cannot run, whose readers are blocked: see `_analyse`)."""
         key = tensor_key(name)
         if key not in self.spaces:
-            rank = len(self.ctx.shape(name))
+            rank = len(self.ctx.shapes.get(name, ()))
             if rank == 0:
                 return None
             axis = self.opaque_axis.get(name, 1 if rank >= 2 else 0)
@@ -121,7 +123,7 @@ class _Builder:
         return Space(info.axis, info.size)
 
     def apply(self, index: int, node: onnx.NodeProto, result: Flow | Block | RuleError) -> None:
-        where = f"{node.op_type} {node.name}"
+        where = f"{op_name(node)} {node.name}"
         if isinstance(result, RuleError):
             self.rule_errors.append(result)
             self._block_node(node, result.reason, rule_error=True)
@@ -227,15 +229,9 @@ class _Builder:
 def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If / Loop / Scan bodies) read from the enclosing graph: they
     are inputs too, though they do not appear in node.input."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        graphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
-        for graph in graphs:
-            defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-            for inner in graph.node:
-                reads |= (set(inner.input) | outer_scope_reads(inner)) - defined - {""}
-                defined |= set(inner.output)
-    return reads
+    from onnxprune.verify.partial import reads
+
+    return reads(node) - set(node.input)
 
 
 def find_channels(model: onnx.ModelProto) -> Channels:
@@ -251,18 +247,37 @@ def find_channels(model: onnx.ModelProto) -> Channels:
 
 
 def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str]) -> Channels:
+    from onnxprune.verify.partial import dropped_nodes
+
     builder = _Builder(model, per_index_groups)
-    for index, node in enumerate(model.graph.node):
-        builder.apply(index, node, _run_rule(node, builder.ctx))
+    nodes = model.graph.node
+    unverifiable = dropped_nodes(model)  # node -> the node the oracle cannot run before it
+    for index, node in enumerate(nodes):
+        cause = unverifiable.get(index)
+        result = (_run_rule(node, builder.ctx) if cause is None
+                  else _unverifiable(node, None if cause == index else nodes[cause]))
+        builder.apply(index, node, result)
     return builder.finish()
+
+
+def _unverifiable(node: onnx.NodeProto, cause: onnx.NodeProto | None) -> Block:
+    """The oracle cannot run this node (verify/partial.py), so no slice may touch it; `cause`
+    is the node it runs after that onnxruntime cannot run (None: this one)."""
+    if cause is not None:
+        return Block(f"runs after {op_name(cause)} (node {cause.name}), which onnxruntime "
+                     "cannot run, so the oracle cannot check it")
+    if find_rule(node) is None:
+        return Block(f"no channel rule for {op_name(node)}, and onnxruntime cannot run it")
+    return Block(f"onnxruntime cannot run {op_name(node)}, so the oracle cannot check it")
 
 
 def _collapsed_group_convs(channels: Channels) -> Iterator[str]:
     ctx = Ctx(channels.model, opset(channels.model), lambda name: None)
     for node in channels.model.graph.node:
-        if node.op_type != "Conv" or tensor_key(node.output[0]) not in channels.spaces:
+        if node.op_type not in ("Conv", "FusedConv") or tensor_key(node.output[0]) not in \
+                channels.spaces:
             continue
-        group, weight_shape = ctx.attrs(node)["group"], ctx.shape(node.input[1])
+        group, weight_shape = ctx.attrs(node).get("group", 1), ctx.shape(node.input[1])
         if group > 1 and weight_shape[1] > 1:
             labels = channels.labels[channels.nodes(tensor_key(node.output[0]))]
             if len(np.unique(labels)) == 1 and not channels.blocked[labels[0]]:
@@ -275,11 +290,13 @@ def _strict() -> bool:
 
 
 def _run_rule(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block | RuleError:
-    if node.domain not in ("", "ai.onnx"):
-        return Block(f"custom op domain {node.domain!r} has no channel rule")
-    rule = RULES.get(node.op_type)
-    if rule is None:
-        return Block(f"no channel rule for {node.op_type}")
+    rule = find_rule(node)
+    if rule is None:  # keyed by (domain, op type): a custom op named "Conv" has no rule
+        return Block(f"no channel rule for {op_name(node)}")
+    unknown = [n for n in list(node.input) + list(node.output)
+               if n and not ctx.is_const(n) and n not in ctx.shapes]
+    if unknown:
+        return Block(f"the shape of {unknown[0]} is unknown")
     try:
         return rule(node, ctx)
     except Exception as exc:  # a bug in the rule: its node blocks, marked as a rule error

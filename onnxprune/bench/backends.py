@@ -33,8 +33,9 @@ from onnxprune.bench.base import (
     Feeds,
 )
 from onnxprune.bench.onnxruntime import cpu_timer
+from onnxprune.bench.profile import engine_ranges, provider_options, tag
 from onnxprune.model.batch import batch_free
-from onnxprune.model.graph import graph_inputs
+from onnxprune.model.graph import graph_inputs, input_specs
 from onnxprune.model.runtime import session
 
 # the shared types live in base.py; they are re-exported here for callers of the factory
@@ -63,11 +64,17 @@ class OrtBackend:
     options: BackendOptions
     supports_fp16: bool = False
 
-    def _providers(self, fp16: bool) -> list[str | tuple[str, dict]]:
+    def _providers(self, fp16: bool, model: onnx.ModelProto, batch: int
+                   ) -> list[str | tuple[str, dict]]:
+        """The provider list; for TensorRT, the ranges of `model`'s dynamic inputs at `batch`
+        (profile.engine_ranges) are its optimization profile, cached in a folder of its own."""
         if self.provider == "TensorrtExecutionProvider":
-            self.options.cache_dir.mkdir(parents=True, exist_ok=True)
+            ranges = engine_ranges(model, input_specs(model, batch), self.options.profile)
+            profile = provider_options(ranges)
+            cache = self.options.cache_dir / (f"profile-{tag(ranges)}" if profile else "")
+            cache.mkdir(parents=True, exist_ok=True)
             trt_options = {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
-                           "trt_engine_cache_path": str(self.options.cache_dir)}
+                           "trt_engine_cache_path": str(cache), **profile}
             return [(self.provider, trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
         if self.provider == "CUDAExecutionProvider":
             return [self.provider, "CPUExecutionProvider"]
@@ -85,7 +92,8 @@ class OrtBackend:
         with warnings.catch_warnings():  # "provider not available": checked right below
             warnings.simplefilter("ignore")
             sess = session(model, threads=self.options.threads, quiet=True,
-                           spinning=self.options.spinning, providers=self._providers(fp16))
+                           spinning=self.options.spinning,
+                           providers=self._providers(fp16, model, batch))
         active = sess.get_providers()[0]
         if active != self.provider:
             raise BackendUnavailable(

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from onnxprune.bench.profile import Profile
+
 Feeds = dict[str, "np.ndarray"]
 
 
@@ -45,6 +47,7 @@ class BackendOptions:
     threads: int | None = None                      # onnxruntime intra-op threads
     spinning: bool = True                           # onnxruntime workers spin while idle
     cache_dir: Path = field(default_factory=engine_cache_dir)
+    profile: Profile | None = None                  # TensorRT: ranges of dynamic inputs
 
 
 class Backend(Protocol):

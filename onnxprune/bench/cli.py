@@ -2,6 +2,7 @@
 
     onnxprune bench A.onnx B.onnx [--backend ort-cpu|ort-cuda|ort-trt|tensorrt] [--batch 1,8,32]
                     [--fp16] [--threads N] [--warmup W] [--runs R | --seconds S] [--json]
+                    [--min-shapes S --opt-shapes S --max-shapes S]   (tensorrt, ort-trt)
 
 For every batch size the models run interleaved (round r runs A once, then B once, ...), so
 machine drift hits every model alike; reported are the median and p90 latency (ms), the
@@ -10,7 +11,9 @@ is made symbolic in an in-memory copy to run other batch sizes; a model that can
 batch size (e.g. a Reshape with the batch baked in) gets one line for it instead. Outputs of
 every backend other than ort-cpu are compared with onnxruntime CPU on the same random inputs
 (max abs error, and relative error = max abs error / max |reference|; above 1e-3, 1e-2 with
---fp16, is a mismatch warning).
+--fp16, is a mismatch warning). TensorRT engines of dynamic inputs are built with an
+optimization profile (bench/profile.py: trtexec's min / opt / max shapes, by default spanning
+the --batch sizes when a model has a dynamic input).
 """
 from __future__ import annotations
 
@@ -28,6 +31,14 @@ import onnx
 from onnxprune.bench.backends import batch_dims, get_backend, needs_rebatch, with_batch
 from onnxprune.bench.base import Backend, BackendKind, BackendOptions, BackendUnavailable
 from onnxprune.bench.onnxruntime import LatencyStats, interleave, summarize
+from onnxprune.bench.profile import (
+    FLAGS,
+    Profile,
+    batch_span,
+    check_within,
+    dynamic_inputs,
+    parse_profile,
+)
 from onnxprune.cli.args import Parser
 from onnxprune.errors import UserError, first_line
 from onnxprune.model.graph import InputSpec, graph_inputs, input_specs
@@ -85,6 +96,12 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_number(int, 1, ">= 1"), metavar="N",
                    help="tensorrt: the N slowest layers of each model at the first batch size")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    t = p.add_argument_group("TensorRT optimization profile (tensorrt, ort-trt; trtexec's "
+                             "--minShapes / --optShapes / --maxShapes)")
+    for flag, what in zip(FLAGS, ("smallest", "tuned-for", "largest")):
+        t.add_argument(flag, metavar="SHAPES", help=f"the {what} shape of each dynamic input: "
+                       "input:1x3x224x224 (several comma-separated; the name may be left out "
+                       "for one input). Default with a dynamic input: the --batch sizes' span")
     return p
 
 
@@ -252,10 +269,33 @@ def text_table(args, labels: list[str], table: list[list[Cell]]) -> str:
     return "\n".join(lines)
 
 
-def _backend(args) -> Backend:
-    options = BackendOptions(threads=args.threads)
+def bench_profile(args, models: list[onnx.ModelProto], labels: list[str]) -> Profile | None:
+    """The optimization profile of a TensorRT backend (bench/profile.py), every batch size of
+    every model that builds with it checked to lie inside; None for the other backends."""
+    texts = (args.min_shapes, args.opt_shapes, args.max_shapes)
+    if args.backend not in (BackendKind.TENSORRT.value, BackendKind.ORT_TRT.value):
+        if any(texts):
+            raise UserError(f"{', '.join(FLAGS)}: optimization profiles are for --backend "
+                            f"tensorrt or ort-trt")
+        return None
+    profile = parse_profile(texts, [i.name for i in graph_inputs(models[0])])
+    if profile is None and any(dynamic_inputs(m) for m in models):
+        sizes = (min(args.batch), args.batch[0], max(args.batch))
+        profile = batch_span(*(bench_specs(models[0], b, labels[0]) for b in sizes))
+    for model, label in zip(models, labels):
+        for batch in args.batch if profile is not None else ():
+            dynamic = ({i.name for i in graph_inputs(model)} if needs_rebatch(model, batch)
+                       else dynamic_inputs(model))  # the inputs that build with the profile
+            check_within(profile, [s for s in bench_specs(model, batch, label)
+                                   if s.name in dynamic], label)
+    return profile
+
+
+def _backend(args, profile: Profile | None = None) -> Backend:
+    options = BackendOptions(threads=args.threads, profile=profile)
     if args.cache_dir:
-        options = BackendOptions(threads=args.threads, cache_dir=Path(args.cache_dir))
+        options = BackendOptions(threads=args.threads, cache_dir=Path(args.cache_dir),
+                                 profile=profile)
     backend = get_backend(BackendKind(args.backend), options)
     if args.fp16 and not backend.supports_fp16:
         raise UserError(f"--fp16 needs --backend ort-trt or tensorrt ({args.backend} runs the "
@@ -267,18 +307,23 @@ def _backend(args) -> Backend:
 
 def run_bench(argv: list[str]) -> int:
     args = bench_parser().parse_args(argv)
-    backend = _backend(args)
+    _backend(args)  # option errors before loading anything
     models = [load(path) for path in args.models]
     for model, label in zip(models, args.models):
         bench_specs(model, 1, label)  # dynamic non-batch dims: a user error, before any work
+    profile = bench_profile(args, models, args.models)
+    backend = _backend(args, profile)
     backend.check()
     columns = [bench_batch(backend, models, args.models, batch, args) for batch in args.batch]
     table = [[column[i] for column in columns] for i in range(len(models))]
     warnings = _warnings(args, args.models, table)
     if args.json:
-        print(json.dumps(_record(args, args.models, table, warnings), indent=1))
+        print(json.dumps({**_record(args, args.models, table, warnings),
+                          "profile": profile and profile.as_dict()}, indent=1))
     else:
         print(text_table(args, args.models, table))
+        if profile is not None:
+            print(f"optimization profile: {profile.describe()}")
         for line in warnings:
             print(line)
         if len(models) > 1 and table[1][0].speedup is not None:

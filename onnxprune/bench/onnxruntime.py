@@ -111,16 +111,18 @@ def latency_interleaved(
     warmup: int = 5,
     threads: int | None = None,
     seed: int = 0,
+    spinning: bool = True,
 ) -> list[LatencyStats]:
     """Time `models` interleaved on CPU; one LatencyStats per model, same order.
 
     Every model gets inputs from the same seed, so models with equal input
     shapes see identical data. `threads` sets intra-op threads (None: ORT
-    default).
+    default). `spinning=False` keeps idle sessions from busy-waiting on the cores the
+    running one needs (`onnxprune.model.runtime.session`).
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got {runs=}, {warmup=}")
-    sessions = [session(m, threads=threads) for m in models]
+    sessions = [session(m, threads=threads, spinning=spinning) for m in models]
     timers = [cpu_timer(s, random_feeds(session_specs(s), seed)) for s in sessions]
     times = interleave(timers, runs=runs, warmup=warmup)
     return [summarize(t, s.get_providers()[0]) for t, s in zip(times, sessions)]

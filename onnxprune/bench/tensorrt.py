@@ -1,8 +1,9 @@
 """TensorRT (10 / 11 Python API) backend for `onnxprune bench --backend tensorrt`.
 
-An engine is built from the ONNX bytes (OnnxParser, errors reported; one optimisation profile
-fixed at the benchmarked input shapes; `build_serialized_network`) and cached on disk, keyed by
-the model bytes' hash, the batch size, the precision and the TensorRT version. Execution uses
+An engine is built from the ONNX bytes (OnnxParser, errors reported; one optimisation profile,
+`bench/profile.py`: the `--min/--opt/--max-shapes` ranges of dynamic inputs, else fixed at the
+benchmarked shapes; `build_serialized_network`) and cached on disk, keyed by the model bytes'
+hash, the profile's ranges, the precision and the TensorRT version. Execution uses
 named I/O tensors (`set_input_shape`, `set_tensor_address`, `execute_async_v3` on a stream).
 
 Device memory, the stream and the CUDA events that time each run come from **torch.cuda**
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 
 from onnxprune.bench.base import BackendOptions, BackendUnavailable, Feeds
+from onnxprune.bench.profile import Range, apply, engine_ranges, tag
 from onnxprune.errors import UserError
 from onnxprune.model.graph import input_specs
 from onnxprune.model.io import write_bytes_atomic
@@ -51,14 +53,15 @@ def _modules() -> tuple[Any, Any]:
     return trt, torch
 
 
-def engine_path(cache_dir: Path, model_bytes: bytes, batch: int, fp16: bool,
+def engine_path(cache_dir: Path, model_bytes: bytes, ranges: dict[str, Range], fp16: bool,
                 trt_version: str) -> Path:
     digest = hashlib.sha256(model_bytes).hexdigest()[:32]
-    return cache_dir / f"{digest}-b{batch}-{'fp16' if fp16 else 'fp32'}-trt{trt_version}.engine"
+    return (cache_dir / f"{digest}-p{tag(ranges)}-{'fp16' if fp16 else 'fp32'}"
+            f"-trt{trt_version}.engine")
 
 
-def build_engine(trt: Any, model_bytes: bytes, shapes: dict[str, tuple[int, ...]],
-                 fp16: bool) -> bytes:
+def build_engine(trt: Any, model_bytes: bytes, ranges: dict[str, Range], fp16: bool) -> bytes:
+    """A serialized engine with one optimization profile: `ranges` per network input."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
@@ -75,9 +78,7 @@ def build_engine(trt: Any, model_bytes: bytes, shapes: dict[str, tuple[int, ...]
                             f"float16 first, e.g. with ModelOpt AutoCast)")
         config.set_flag(flag)
     profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        name = network.get_input(i).name
-        profile.set_shape(name, shapes[name], shapes[name], shapes[name])
+    apply(profile, ranges, [network.get_input(i).name for i in range(network.num_inputs)])
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -106,22 +107,24 @@ class TensorRTBackend:
     def check(self) -> None:
         _modules()
 
-    def _engine(self, trt: Any, model: onnx.ModelProto, batch: int, fp16: bool,
-                shapes: dict[str, tuple[int, ...]]) -> bytes:
+    def _engine(self, trt: Any, model: onnx.ModelProto, fp16: bool,
+                ranges: dict[str, Range]) -> bytes:
         data = model.SerializeToString()
-        path = engine_path(self.options.cache_dir, data, batch, fp16, trt.__version__)
+        path = engine_path(self.options.cache_dir, data, ranges, fp16, trt.__version__)
         if path.exists():
             return path.read_bytes()
-        blob = build_engine(trt, data, shapes, fp16)
+        blob = build_engine(trt, data, ranges, fp16)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, blob)
         return blob
 
     def prepare(self, model: onnx.ModelProto, batch: int, fp16: bool) -> TrtRunner:
         trt, torch = _modules()
-        shapes = {s.name: s.shape for s in input_specs(model, batch)}
+        specs = input_specs(model, batch)
+        shapes = {s.name: s.shape for s in specs}
+        ranges = engine_ranges(model, specs, self.options.profile)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(self._engine(trt, model, batch, fp16, shapes))
+        engine = runtime.deserialize_cuda_engine(self._engine(trt, model, fp16, ranges))
         if engine is None:
             raise RuntimeError(f"cannot deserialize the cached engine (delete "
                                f"{self.options.cache_dir} to rebuild)")

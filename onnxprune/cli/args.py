@@ -12,7 +12,15 @@ import math
 
 from onnxprune.bench.base import BackendKind
 from onnxprune.cli.data import calibration, criterion, finetune
-from onnxprune.config import Criterion, LatencyConfig, Normalize, PruneConfig, Target, TargetKind
+from onnxprune.config import (
+    Criterion,
+    LatencyConfig,
+    Normalize,
+    PruneConfig,
+    Quantize,
+    Target,
+    TargetKind,
+)
 from onnxprune.errors import UserError
 
 CRITERIA = [c.value for c in Criterion]
@@ -36,10 +44,18 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_shape(p: argparse.ArgumentParser) -> None:
-    """--input-shape and --keep: what every command that analyses a model takes."""
+def add_shape(p: argparse.ArgumentParser, writes: bool = True) -> None:
+    """--input-shape and --keep: what every command that analyses a model takes; with
+    `writes` (the commands that write pruned models), --static-shape."""
     p.add_argument("--input-shape", metavar="SHAPES",
-                   help="static input shape: 1x3x224x224, or name:1x3x640x640,other:1x4")
+                   help="the shape costs and verification use: 1x3x224x224, or "
+                        "name:1x3x640x640,other:1x4 (the output keeps the original's dynamic "
+                        "dimensions)")
+    if writes:
+        p.add_argument("--static-shape", action="store_true",
+                       help="write the pruned model at the analysis shape instead of keeping "
+                            "the original's dynamic dimensions (for models whose graph ties "
+                            "a dynamic dimension to one size)")
     p.add_argument("--keep", nargs="+", action="extend", default=[], metavar="NAME",
                    help="tensors or nodes whose channels must stay (a node keeps its output "
                         "channels); shown by analyze as kept by request")
@@ -88,6 +104,16 @@ def normalize(args, kind: TargetKind) -> Normalize:
     return Normalize.LATENCY if kind is TargetKind.LATENCY else Normalize.MEM
 
 
+def quantize(args) -> Quantize | None:
+    """--quantize (prune only; sweep has none): calibrates on --data, so refused without it."""
+    value = getattr(args, "quantize", None)
+    if value is None:
+        return None
+    if not args.data:
+        raise UserError(f"--quantize {value} calibrates on data: give --data PATH")
+    return Quantize(value)
+
+
 def prune_config(args, target: Target, shapes: dict[str, tuple[int, ...]],
                  latency: LatencyConfig | None = None) -> PruneConfig:
     """The PruneConfig of parsed prune or sweep arguments. A parser without the recovery
@@ -98,4 +124,5 @@ def prune_config(args, target: Target, shapes: dict[str, tuple[int, ...]],
                        normalize=normalize(args, target.kind), round_to=args.round_to,
                        seed=args.seed, input_shapes=shapes, calibration=calibration(args),
                        finetune=finetune(args) if hasattr(args, "finetune_steps") else None,
-                       latency=latency, keep=tuple(args.keep))
+                       latency=latency, keep=tuple(args.keep), quantize=quantize(args),
+                       static_shape=getattr(args, "static_shape", False))

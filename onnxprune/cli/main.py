@@ -27,7 +27,7 @@ from onnxprune.cli.args import (
     prune_config,
 )
 from onnxprune.cli.data import add_data, add_finetune
-from onnxprune.config import Normalize, Target, TargetKind
+from onnxprune.config import Normalize, Quantize, Target, TargetKind
 from onnxprune.errors import UserError, VerificationError
 
 
@@ -62,6 +62,10 @@ def prune_parser() -> argparse.ArgumentParser:
     add_bench(p)
     add_data(p)
     add_finetune(p)
+    p.add_argument("--quantize", choices=[q.value for q in Quantize], default=None,
+                   help="also write <output stem>.int8.onnx with onnxruntime's static quantizer "
+                        "(QDQ, per-channel weights) calibrated on --data; the report gives its "
+                        "fidelity on held-out samples and the ORT-CPU latency of all three")
     return p
 
 
@@ -82,7 +86,7 @@ def analyze_parser() -> argparse.ArgumentParser:
     p = Parser(prog="onnxprune analyze", description="Show layer groups, costs, and what "
                "each target can reach.")
     p.add_argument("model")
-    add_shape(p)
+    add_shape(p, writes=False)
     p.add_argument("--round-to", type=int, default=8, metavar="N")
     return p
 
@@ -106,6 +110,7 @@ def _target(args) -> Target:
 
 
 def run_prune(argv: list[str]) -> int:
+    from onnxprune.bench import int8
     from onnxprune.latency.measure import prune_measured, summary_lines
     from onnxprune.model.external import has_lazy
     from onnxprune.model.io import load, save_atomic, write_json_atomic
@@ -120,12 +125,17 @@ def run_prune(argv: list[str]) -> int:
                              or args.normalize == "latency")
     model = load(args.model)
     config = prune_config(args, _target(args), input_shapes(args, model), latency)
+    if config.quantize is not None:  # INT8 copy of the written file (onnxprune.bench.int8)
+        int8.check_target(output, args.model)
     if args.data and not os.path.exists(args.data):
         raise UserError(f"{args.data}: no such file or folder")
     result, extra = prune_measured(model, config, data=args.data, bench=bool(args.bench))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
         return 0
     save_atomic(result.model, output, external=has_lazy(model))
+    if config.quantize is not None:
+        extra["int8"] = int8.int8_record(result, config, args.data, output, args.holdout,
+                                         runs=args.bench_runs, threads=args.bench_threads)
     record = {**prune_record(result, config, args.model, str(output)), **extra}
     if args.report:
         write_json_atomic(record, args.report)
@@ -134,7 +144,8 @@ def run_prune(argv: list[str]) -> int:
 
         plots.mkdir(exist_ok=True)
         write_all(record, plots)
-    print("\n".join(filter(None, [prune_summary(result, str(output)), summary_lines(extra)])))
+    print("\n".join(filter(None, [prune_summary(result, str(output)), summary_lines(extra),
+                                   int8.summary_lines(extra.get("int8"))])))
     return 0
 
 

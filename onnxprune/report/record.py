@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnxprune import __version__
-from onnxprune.analysis.cost import Costs
+from onnxprune.analysis.cost import Costs, stored_costs
 from onnxprune.analysis.units import RuleError
 from onnxprune.config import PruneConfig
+from onnxprune.model.graph import format_input_shapes
 from onnxprune.verify.oracle import TOLERANCE
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ def group_records(analysis: Analysis, removed: np.ndarray | None = None,
 
 
 def prune_record(result: PruneResult, config: PruneConfig, source: str, output: str) -> dict:
-    before, after = result.plan.before.as_dict(), result.plan.after.as_dict()
+    before = result.plan.before.as_dict()  # params, weight bytes: as the files store them
+    after = stored_costs(result.plan.after, result.model).as_dict()
     return {
         "onnxprune": __version__, "input": source, "output": output,
         "options": {"target": {"kind": config.target.kind.value,
@@ -55,7 +57,8 @@ def prune_record(result: PruneResult, config: PruneConfig, source: str, output: 
                                     "no_labels": config.calibration.no_labels},
                     "finetune": _finetune_options(config.finetune),
                     "input_shapes": {k: list(v) for k, v in config.input_shapes.items()},
-                    "keep": list(config.keep)},
+                    "keep": list(config.keep),
+                    "quantize": config.quantize.value if config.quantize else None},
         "before": before, "after": after,
         "ratio": {k: (after[k] / before[k] if before[k] else 1.0) for k in before},
         "calibration": (result.calibration.as_dict() if result.calibration is not None
@@ -70,9 +73,48 @@ def prune_record(result: PruneResult, config: PruneConfig, source: str, output: 
         "verification": {"max_relative_error": result.error, "tolerance": TOLERANCE,
                          "precision": result.verdict.precision,
                          "float32_error": result.verdict.float32_error,
-                         "runs": config.verify_runs},
+                         "runs": config.verify_runs, **_coverage(result),
+                         **_signature(result, config)},
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
+
+
+def _coverage(result: PruneResult) -> dict:
+    """Which tensors the oracle compared and which nodes it could not run (verify/partial.py)."""
+    cover = result.verdict.coverage
+    if cover is None:
+        return {"proven_outputs": [o.name for o in result.model.graph.output],
+                "unproven_nodes": [], "not_runnable": []}
+    return cover.as_dict()
+
+
+def _signature(result: PruneResult, config: PruneConfig) -> dict:
+    """The oracle at each input shape of the written file (two where a dimension stays
+    dynamic: onnxprune.rewrite.signature), and the dimensions kept dynamic."""
+    sig = result.analysis.signature
+    free = [] if sig is None or config.static_shape else sig.dims
+    return {"shapes": [{"inputs": {k: list(v) for k, v in c.inputs.items()},
+                        "max_relative_error": c.verdict.error, "precision": c.verdict.precision}
+                       for c in getattr(result, "shapes", [])],
+            "dynamic_dims": [{"input": d.input, "axis": d.axis, "name": d.label} for d in free],
+            "static_shape": sig is not None and config.static_shape}
+
+
+def _signature_line(result: PruneResult) -> str:
+    checks, sig = getattr(result, "shapes", []), result.analysis.signature
+    if sig is None or not checks:
+        return ""
+    if len(checks) == 1:
+        return (f"  signature: --static-shape, the file keeps the analysis shape "
+                f"{format_input_shapes(checks[0].inputs)}\n")
+    return (f"  signature: the original's (dynamic {sig.describe()}); oracle at input "
+            + ", ".join(f"{format_input_shapes(c.inputs)}: {c.verdict.error:.2e}" for c in checks)
+            + "\n")
+
+
+def _coverage_line(result: PruneResult) -> str:
+    cover = result.verdict.coverage
+    return f"  {cover.summary()}\n" if cover is not None and not cover.complete else ""
 
 
 def _finetune_options(ft) -> dict | None:
@@ -148,12 +190,13 @@ def prune_summary(result: PruneResult, output: str) -> str:
               " of the slicing, before BN re-estimation" if getattr(result, "bn_samples", None)
               else "")
     return (f"pruned -> {output}\n{_calibration_line(result)}"
-            f"{cost_table(result.plan.before, result.plan.after)}\n"
+            f"{cost_table(result.plan.before, stored_costs(result.plan.after, result.model))}\n"
             f"{_bn_line(result)}{_recovery_lines(result)}"
             f"  oracle{sliced}: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
             + ("" if result.verdict.precision == "float32" else
                f"; float32 rounding noise {result.verdict.float32_error:.2e}, decided in float64")
             + ")\n"
+            + _coverage_line(result) + _signature_line(result) +
             f"  time: {total:.2f} s ("
             + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()) + ")")
 
