@@ -26,6 +26,7 @@ from onnxprune.bench.onnxruntime import LatencyStats, latency_interleaved
 from onnxprune.errors import UserError
 from onnxprune.model.graph import input_specs
 from onnxprune.model.io import load
+from onnxprune.report.record import fidelity_text
 from onnxprune.rewrite.quantize import QuantizeOptions, int8_path, quantize_int8, split
 from onnxprune.verify.fidelity import fidelity
 
@@ -95,13 +96,7 @@ def summary_lines(record: dict | None) -> str:
         lines.append("  int8 fidelity: not measured, no held-out samples (--holdout 0, or the "
                      "data has a single sample)")
     else:
-        parts = [f"{fid['samples']} held-out samples"]
-        if "top1_agreement" in fid:
-            parts.append(f"top-1 agreement with the float model {fid['top1_agreement']:.2%}")
-        if "accuracy_int8" in fid:
-            parts.append(f"top-1 {fid['accuracy_float']:.2%} -> {fid['accuracy_int8']:.2%}")
-        parts.append(f"max relative output error {fid['max_relative_error']:.3g}")
-        lines.append("  int8 fidelity: " + ", ".join(parts))
+        lines.append("  int8 fidelity: " + fidelity_text(fid, "the float model", "float", "int8"))
     lat = record["latency"]
     lines.append(f"  ort-cpu latency (median of {lat['runs']} interleaved runs): original "
                  f"{lat['original']['median_ms']:.3f} ms, pruned "

@@ -159,6 +159,18 @@ def _bn_line(result) -> str:
     return f"  BatchNormalization statistics re-estimated on {samples} samples\n" if samples else ""
 
 
+def fidelity_text(fid: dict, against: str, before: str, after: str) -> str:
+    """One fidelity record (verify/fidelity.py) as text: `against` names the reference model,
+    `before` / `after` the suffixes of its accuracy keys (accuracy_<before>, accuracy_<after>)."""
+    parts = [f"{fid['samples']} held-out samples"]
+    if "top1_agreement" in fid:
+        parts.append(f"top-1 agreement with {against} {fid['top1_agreement']:.2%}")
+    if f"accuracy_{after}" in fid:
+        parts.append(f"top-1 {fid[f'accuracy_{before}']:.2%} -> {fid[f'accuracy_{after}']:.2%}")
+    parts.append(f"max relative output error {fid['max_relative_error']:.3g}")
+    return ", ".join(parts)
+
+
 def _recovery_lines(result) -> str:
     """Fine-tuning and fidelity on held-out data (the oracle line is about the slicing)."""
     rec = getattr(result, "recovery", None)
@@ -172,13 +184,7 @@ def _recovery_lines(result) -> str:
                      f"{rec.gfp['removals']} steps")
     fid = rec.fidelity
     if fid:
-        parts = [f"{fid['samples']} held-out samples"]
-        if "top1_agreement" in fid:
-            parts.append(f"top-1 agreement with the original {fid['top1_agreement']:.2%}")
-        if "accuracy_pruned" in fid:
-            parts.append(f"top-1 {fid['accuracy_original']:.2%} -> {fid['accuracy_pruned']:.2%}")
-        parts.append(f"max relative output error {fid['max_relative_error']:.3g}")
-        lines.append("  fidelity: " + ", ".join(parts))
+        lines.append("  fidelity: " + fidelity_text(fid, "the original", "original", "pruned"))
     else:
         lines.append("  fidelity: no held-out samples (--holdout 0)")
     return "\n".join(lines) + "\n"
