@@ -122,11 +122,11 @@ def test_old_opset_and_quantized_models_are_refused(tmp_path, capsys):
     onnx.save(old, tmp_path / "old.onnx")
     assert main([str(tmp_path / "old.onnx"), "--target-mem", "0.5"]) == 2
     assert "opset 9" in capsys.readouterr().err
-    q = small_resnet()
-    q.graph.node.insert(0, helper.make_node("QuantizeLinear", ["input", "sc"], ["qx"]))
+    q = small_resnet()  # QOperator (QDQ models prune: tests/test_qdq.py)
+    q.graph.node.insert(0, helper.make_node("ConvInteger", ["input", "sc"], ["qx"]))
     onnx.save(q, tmp_path / "q.onnx")
     assert main([str(tmp_path / "q.onnx"), "--target-mem", "0.5"]) == 2
-    assert "quantized" in capsys.readouterr().err
+    assert "quantized model in the QOperator format (ConvInteger)" in capsys.readouterr().err
 
 
 def test_console_script_runs_without_traceback(model_path):

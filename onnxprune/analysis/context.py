@@ -19,6 +19,58 @@ class Space:
     size: int
 
 
+_INTEGER = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+            onnx.TensorProto.UINT16, onnx.TensorProto.INT32)  # stored data of a quantized weight
+
+
+@dataclass(frozen=True)
+class Dequantized:
+    """`DequantizeLinear(data, scale, zero_point)` of initializers: a weight stored quantized.
+
+    `axis` is the axis of per-channel scale / zero point (1-D, one per index of that axis of
+    `data`), None for per-tensor ones; `zero_point` is '' when absent (zero)."""
+    data: str
+    scale: str
+    zero_point: str
+    axis: int | None
+
+    def value(self, data: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None):
+        """The dequantized weight, (data - zero_point) * scale, in the scale's dtype."""
+        shape = [1] * data.ndim
+        if self.axis is not None:
+            shape[self.axis] = -1
+        zero = 0 if zero_point is None else zero_point.astype(np.int64).reshape(shape)
+        return ((data.astype(np.int64) - zero) * scale.reshape(shape)).astype(scale.dtype)
+
+
+def dequantized_constants(model: onnx.ModelProto) -> dict[str, Dequantized]:
+    """Output name -> `Dequantized` for every standard DequantizeLinear of initializers with a
+    per-tensor or per-channel (not blocked) scale and zero point: the QDQ format's weights and
+    biases. Rules read these outputs as constants (`Ctx.const`), declarations on them apply to
+    the stored data (rules/quant.py), and constant folding leaves them alone (normalize.py)."""
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    integer = {i.name for i in model.graph.initializer if i.data_type in _INTEGER}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        names = list(node.input) + [""] * (3 - len(node.input))
+        data, scale, zero = names[:3]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (data not in integer or scale not in shapes or (zero and zero not in shapes)
+                or attrs.get("block_size", 0)):
+            continue
+        rank, scale_shape = len(shapes[data]), shapes[scale]
+        if zero and shapes[zero] != scale_shape:
+            continue
+        if int(np.prod(scale_shape)) == 1 and len(scale_shape) <= 1:  # per tensor
+            found[node.output[0]] = Dequantized(data, scale, zero, None)
+        elif len(scale_shape) == 1 and rank and scale_shape[0] == shapes[data][
+                attrs.get("axis", 1) % rank]:
+            found[node.output[0]] = Dequantized(data, scale, zero, attrs.get("axis", 1) % rank)
+    return found
+
+
 def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
@@ -42,6 +94,9 @@ class Ctx:
         self.per_index_groups = per_index_groups
         self.shapes = static_shapes(model)
         self._inits = {i.name: i for i in model.graph.initializer}
+        self.dequantized = dequantized_constants(model)  # DQ outputs read as constants
+        for name, dq in self.dequantized.items():
+            self.shapes.setdefault(name, self.shapes[dq.data])
         self._values: dict[str, np.ndarray] = {}
         self._space_of = space_of
         self._perms: dict[str, tuple[int, ...]] = {}  # operands seen transposed (`view`)
@@ -56,20 +111,33 @@ class Ctx:
         return len(self.shape(name))
 
     def is_const(self, name: str) -> bool:
-        return name in self._inits
+        """An initializer, or a weight stored quantized (`dequantized_constants`)."""
+        return name in self._inits or name in self.dequantized
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer input, or None for activations and absent inputs."""
-        if not name or name not in self._inits:
+        """The value of an initializer input (of a DequantizeLinear of initializers: the
+        dequantized weight), or None for activations and absent inputs."""
+        if not name or not self.is_const(name):
             return None
+        if name in self._values:
+            value = self._values[name]
+        elif name in self.dequantized:
+            dq = self.dequantized[name]
+            value = dq.value(self._stored(dq.data), self._stored(dq.scale),
+                             self._stored(dq.zero_point) if dq.zero_point else None)
+            if not is_lazy(self._inits[dq.data]):
+                self._values[name] = value
+        else:
+            value = self._stored(name)
+        return np.transpose(value, self._perms[name]) if name in self._perms else value
+
+    def _stored(self, name: str) -> np.ndarray:
         init = self._inits[name]
         if is_lazy(init):  # mapped, not read, and not cached: rules look at its shape
-            value = view(init)
-        else:
-            if name not in self._values:
-                self._values[name] = numpy_helper.to_array(init)
-            value = self._values[name]
-        return np.transpose(value, self._perms[name]) if name in self._perms else value
+            return view(init)
+        if name not in self._values:
+            self._values[name] = numpy_helper.to_array(init)
+        return self._values[name]
 
     def space(self, name: str) -> Space | None:
         """Channel space of an activation (created blocked if its producer declared none)."""

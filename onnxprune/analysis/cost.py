@@ -3,10 +3,13 @@
 - M (feature-map memory, Group Fisher's definition): elements of the outputs of every Conv,
   ConvTranspose, Gemm and MatMul node at the analysis shape (batch 1).
 - MACs: numel(W) x positions for each Conv / ConvTranspose / Gemm / MatMul with a constant
-  weight (positions: output pixels for Conv, input pixels for ConvTranspose, rows for Gemm and
-  MatMul), so a sliced W gives the pruned MACs directly.
-- params: elements of the floating-point initializers; weight bytes: bytes of all of them;
-  both count each distinct initializer once, as the written file stores it (below).
+  weight or one stored quantized (positions: output pixels for Conv, input pixels for
+  ConvTranspose, rows for Gemm and MatMul), so a sliced W gives the pruned MACs directly.
+- params: elements of the floating-point initializers and of the weights stored quantized
+  (the integer data a DequantizeLinear reads), not the scales and zero points of
+  quantization, so a QDQ model has the params of its float model; weight bytes: bytes of all
+  initializers; both count each distinct initializer once, as the written file stores it
+  (below).
 - activations: elements of every tensor a node outputs.
 - latency: predicted ms, once a latency term (onnxprune.latency: per-layer tables timed on a
   backend) is attached as `CostModel.latency`; None otherwise.
@@ -38,7 +41,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import onnx
 
-from onnxprune.analysis.context import static_shapes
+from onnxprune.analysis.context import dequantized_constants, static_shapes
 from onnxprune.analysis.flow import param_key, tensor_key
 from onnxprune.analysis.rules.contrib import standard_op_type
 from onnxprune.analysis.units import Channels
@@ -130,12 +133,29 @@ def stored_costs(costs: Costs, model: onnx.ModelProto) -> Costs:
     re-estimation: copies that were equal may not be any more) and by the shape constants that
     surgery's fix-ups rewrote. Only shapes are read."""
     params = nbytes = 0
+    quantized, qparams = quantization_roles(model)
     for init in model.graph.initializer:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
         count = int(np.prod(init.dims, dtype=np.int64))
-        params += count if np.issubdtype(dtype, np.floating) else 0
+        params += count if _is_param(init.name, dtype, quantized, qparams) else 0
         nbytes += count * dtype.itemsize
     return replace(costs, params=float(params), weight_bytes=float(nbytes))
+
+
+def quantization_roles(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
+    """(weights stored quantized: what a DequantizeLinear of initializers reads as data,
+    the scales and zero points of every QuantizeLinear / DequantizeLinear)."""
+    quantized = {dq.data for dq in dequantized_constants(model).values()}
+    qparams = {name for node in model.graph.node
+               if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+               for name in node.input[1:3] if name}
+    return quantized, qparams
+
+
+def _is_param(name: str, dtype: np.dtype, quantized: set[str], qparams: set[str]) -> bool:
+    """Parameters are the floating-point initializers and the weights stored quantized; scales
+    and zero points of quantization are not (a QDQ model counts what its float model does)."""
+    return name in quantized or (np.issubdtype(dtype, np.floating) and name not in qparams)
 
 
 def _positions(node: onnx.NodeProto, shapes) -> float:
@@ -185,23 +205,26 @@ class CostModel:
         self.dims = np.ones((len(inits), _MAX_RANK))
         self.axis_space = -np.ones((len(inits), _MAX_RANK), dtype=np.int64)
         self.itemsize = np.zeros(len(inits))
-        self.is_float = np.zeros(len(inits), dtype=bool)
+        self.is_param = np.zeros(len(inits), dtype=bool)
         self.mac_factor = np.zeros(len(inits))
         row = {}
+        quantized, qparams = quantization_roles(model)
         for r, init in enumerate(inits):
             row[init.name] = r
             self.dims[r, :len(init.dims)] = init.dims
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-            self.itemsize[r] = np.dtype(dtype).itemsize
-            self.is_float[r] = np.issubdtype(dtype, np.floating)
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+            self.itemsize[r] = dtype.itemsize
+            self.is_param[r] = _is_param(init.name, dtype, quantized, qparams)
             for axis in range(len(init.dims)):
                 i = index.get(param_key(init.name, axis))
                 if i is not None:
                     self.axis_space[r, axis] = i
+        dequantized = dequantized_constants(model)
         for node in model.graph.node:
-            if (standard_op_type(node) in COMPUTE_OPS and len(node.input) > 1
-                    and node.input[1] in row):
-                self.mac_factor[row[node.input[1]]] += _positions(node, shapes)
+            weight = node.input[1] if len(node.input) > 1 else ""
+            weight = dequantized[weight].data if weight in dequantized else weight
+            if standard_op_type(node) in COMPUTE_OPS and weight in row:
+                self.mac_factor[row[weight]] += _positions(node, shapes)
         group = _merge_groups(model)
         sizes = np.bincount(group, minlength=len(group))
         self.merge_rows = np.flatnonzero(sizes[group] > 1)  # rows that may share storage
@@ -232,7 +255,7 @@ class CostModel:
         stored = np.where(self.stored(kept), numel, 0.0)  # params: as the file stores them
         return Costs(mem=self.mem_fixed + float(self.mem_w @ kept),
                      macs=float(self.mac_factor @ numel),
-                     params=float(stored[self.is_float].sum()),
+                     params=float(stored[self.is_param].sum()),
                      weight_bytes=float(self.itemsize @ stored),
                      activations=self.act_fixed + float(self.act_w @ kept),
                      latency=None if self.latency is None else self.latency.total(kept))

@@ -5,6 +5,7 @@ TorchScript exports route shared tensors through `Identity`; PaddlePaddle keeps 
 `normalize` the graph has initializers for every constant, no Identity (except where it names
 a graph output), shape arithmetic folded, nodes in topological order, and a static shape for
 every tensor (by ONNX shape inference, or by running the model once when that falls short).
+QuantizeLinear / DequantizeLinear are never folded: a QDQ model keeps its integer weights.
 """
 from __future__ import annotations
 
@@ -48,13 +49,18 @@ def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) 
     return attach(_infer_shapes(light), large)
 
 
+# QOperator ops: weights, scales and requantisation fused into one node (QDQ models prune)
+_QOPERATOR = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QGemm",
+              "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
+
+
 def _reject_unsupported(model: onnx.ModelProto) -> None:
-    quant = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger",
-             "QLinearMatMul", "DynamicQuantizeLinear"}
-    found = sorted({n.op_type for n in model.graph.node} & quant)
+    found = sorted({n.op_type for n in model.graph.node
+                    if n.op_type in _QOPERATOR or n.op_type.startswith("QLinear")})
     if found:
-        raise UserError(f"quantized model ({', '.join(found)}): prune the float model, "
-                        f"then quantize")
+        raise UserError(f"quantized model in the QOperator format ({', '.join(found)}): its "
+                        f"weights and requantisation are fused into one op; quantize to the QDQ "
+                        f"format (quant_format=QDQ), or prune the float model, then quantize")
     for inp in graph_inputs(model):
         if not inp.type.HasField("tensor_type"):
             raise UserError(f"input {inp.name!r} is not a tensor")
@@ -73,7 +79,7 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            graph.fold_constants(error_ok=True)
+            graph.fold_constants(error_ok=True, should_exclude_node=_keeps_quantization)
         except Exception as exc:  # folding is an optimisation; analysis still works without
             _LOG.debug("constant folding failed: %s", exc)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -89,6 +95,12 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = f"{node.op_type}_{index}"
     _unshare_uniform_initializers(out)
     return out
+
+
+def _keeps_quantization(node: gs.Node) -> bool:
+    """Quantize / DequantizeLinear stay as written: folding a weight's DequantizeLinear would
+    store it in float and the written model would lose its quantization."""
+    return node.op in ("QuantizeLinear", "DequantizeLinear")
 
 
 def _fold_shape_slices(model: onnx.ModelProto) -> None:

@@ -25,6 +25,7 @@ import onnx
 from onnxprune.analysis.context import Ctx, Space
 from onnxprune.analysis.flow import Block, Fixup, Flow, Key, ParamKey, Role, param_key, tensor_key
 from onnxprune.analysis.rules import find_rule, op_name
+from onnxprune.analysis.rules.quant import through_dequantize
 from onnxprune.analysis.unionfind import components
 from onnxprune.errors import first_line
 from onnxprune.model.graph import graph_inputs, opset
@@ -128,6 +129,8 @@ class _Builder:
             self.rule_errors.append(result)
             self._block_node(node, result.reason, rule_error=True)
             return
+        if isinstance(result, Flow):  # declarations on a weight stored quantized: its data
+            result = through_dequantize(result, self.ctx)
         if isinstance(result, Flow) and not self._fits(result):
             result = Block("its channel map does not fit the tensor shapes")
         if isinstance(result, Block):
@@ -200,8 +203,10 @@ class _Builder:
         for key in self.spaces:
             if isinstance(key, ParamKey):
                 params_by_init.setdefault(key.initializer, []).append(key)
-        for name, where, rule_error in self.foreign_reads:
-            for key in params_by_init.get(name, []):
+        for read, where, rule_error in self.foreign_reads:
+            dq = self.ctx.dequantized.get(read)  # a weight stored quantized: its initializers
+            names = [read] if dq is None else [dq.data, dq.scale, dq.zero_point]
+            for name, key in ((n, k) for n in names for k in params_by_init.get(n, [])):
                 reason = f"initializer {name} is also read by {where}"
                 self.blocks.append(_Mark(key, reason, rule_error=rule_error))
         return self._components()

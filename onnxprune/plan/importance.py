@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxprune.analysis.context import Dequantized, dequantized_constants
 from onnxprune.analysis.flow import ParamKey, Role
 from onnxprune.analysis.units import Channels
 from onnxprune.config import Criterion
@@ -36,14 +37,28 @@ def _slice_norms(value: np.ndarray, axis: int, criterion: Criterion) -> np.ndarr
 
 
 def magnitude_scores(channels: Channels, criterion: Criterion) -> np.ndarray:
+    """Norms of the producer slices; a weight stored quantized (QDQ) is measured dequantized,
+    and its scale / zero point, which slice with it, are not weights of their own."""
     inits = {i.name: i for i in channels.model.graph.initializer}
+    quantized = {d.data: d for d in dequantized_constants(channels.model).values()}
+    aux = {name for d in quantized.values() for name in (d.scale, d.zero_point) if name}
     per_node = np.zeros(len(channels.labels))
     for key, info in channels.spaces.items():
-        if not isinstance(key, ParamKey) or info.role is not Role.PRODUCER:
+        if (not isinstance(key, ParamKey) or info.role is not Role.PRODUCER
+                or key.initializer in aux):
             continue
-        value = external.value(inits[key.initializer])
+        value = _weight(inits, key.initializer, quantized)
         per_node[info.offset:info.offset + info.size] = _slice_norms(value, key.axis, criterion)
     return np.bincount(channels.labels, weights=per_node, minlength=channels.n_components)
+
+
+def _weight(inits: dict, name: str, quantized: dict[str, Dequantized]) -> np.ndarray:
+    value = external.value(inits[name])
+    if name not in quantized:
+        return value
+    d = quantized[name]
+    zero = external.value(inits[d.zero_point]) if d.zero_point else None
+    return d.value(value, external.value(inits[d.scale]), zero)
 
 
 def data_free_scores(channels: Channels, criterion: Criterion, seed: int) -> np.ndarray:

@@ -4,7 +4,9 @@ every removed channel is zeroed (and nothing else changes), in onnxruntime, on r
     max |pruned - reference| <= 1e-4 * max(1, max |reference|)   for every output, float32.
 
 Anyone can recompute it from the report's `slices`: zero the `removed` indices along `axis` of
-every `sink` initializer of the original model.
+every `sink` initializer of the original model. A weight stored quantized (the data of a
+DequantizeLinear in a QDQ model) is set to its zero point instead, the stored value that
+dequantizes to exactly 0.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.analysis.context import dequantized_constants
 from onnxprune.analysis.flow import Role
 from onnxprune.errors import VerificationError, first_line
+from onnxprune.model import external
 from onnxprune.model.runtime import random_inputs, session
 from onnxprune.model.weights import attach, check, detach, feeds_of
 from onnxprune.rewrite.surgery import Slice
@@ -26,31 +30,55 @@ from onnxprune.verify.precision import run_float64
 TOLERANCE = 1e-4
 
 
-def _zero(value: np.ndarray, sinks: list[Slice]) -> np.ndarray:
-    """Zero the sink slices; a writable array (a fresh read) is changed in place."""
+def _zero(value: np.ndarray, sinks: list[Slice], zero: np.ndarray | int = 0) -> np.ndarray:
+    """Set the sink slices to `zero` (broadcast to `value`); a writable array (a fresh read) is
+    changed in place."""
     if not value.flags.writeable:
         value = np.array(value)
+    zero = np.broadcast_to(np.asarray(zero, dtype=value.dtype), value.shape)
     for s in sinks:
         index = [slice(None)] * value.ndim
         index[s.axis] = s.removed
-        value[tuple(index)] = 0
+        value[tuple(index)] = zero[tuple(index)]
     return value
+
+
+def zero_points(model: onnx.ModelProto, names) -> dict[str, np.ndarray]:
+    """For each of `names` stored quantized (a DequantizeLinear's data): the value that
+    dequantizes to exactly 0, its zero point, shaped to broadcast along the DequantizeLinear
+    axis. A weight stored in float is absent (its zero is 0)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    found = {}
+    for dq in dequantized_constants(model).values():
+        if dq.data not in names or not dq.zero_point:
+            continue
+        zero = external.value(inits[dq.zero_point])
+        if dq.axis is not None:
+            shape = [1] * len(inits[dq.data].dims)
+            shape[dq.axis] = -1
+            zero = zero.reshape(shape)
+        if dq.data in found and not np.array_equal(found[dq.data], zero):
+            raise VerificationError(f"{dq.data} is dequantized with two different zero points")
+        found[dq.data] = zero
+    return found
 
 
 def reference_weights(original: onnx.ModelProto, slices: Sequence[Slice]):
     """The original as (light model, weight feeds) with the sink slices of removed channels set
-    to zero; large weights are fed as inputs (see weights.py), small ones stay initializers."""
+    to zero (a weight stored quantized: to its zero point, which dequantizes to 0); large
+    weights are fed as inputs (see weights.py), small ones stay initializers."""
     sinks: dict[str, list[Slice]] = {}
     for s in slices:
         if s.role is Role.SINK:
             sinks.setdefault(s.initializer, []).append(s)
+    zeros = zero_points(original, set(sinks))
     light, large = detach(original)
     feeds = feeds_of(large)
     for name in set(sinks) & set(feeds):
-        feeds[name] = _zero(feeds[name], sinks[name])
+        feeds[name] = _zero(feeds[name], sinks[name], zeros.get(name, 0))
     for init in light.graph.initializer:
         if init.name in sinks:
-            zeroed = _zero(numpy_helper.to_array(init), sinks[init.name])
+            zeroed = _zero(numpy_helper.to_array(init), sinks[init.name], zeros.get(init.name, 0))
             init.CopyFrom(numpy_helper.from_array(zeroed, init.name))
     return light, feeds
 

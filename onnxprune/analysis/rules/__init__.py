@@ -9,6 +9,7 @@ from onnxprune.analysis.rules import (  # noqa: F401  (they register rules)
     layout,
     linear,
     pointwise,
+    quant,
     reshape,
     spatial,
 )
