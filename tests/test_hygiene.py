@@ -214,3 +214,26 @@ def test_reshare_keeps_lazy_weights_on_disk(tmp_path):
     reshare(merged)
     np.testing.assert_array_equal(
         ort.InferenceSession(merged.SerializeToString()).run(None, {"x": x})[0], want)
+
+
+def test_surgery_keeps_initializers_read_only_inside_a_subgraph():
+    """An If branch reads an outer initializer that no node lists as an input: dropping unused
+    initializers after slicing must not drop it (the branch would read nothing), and such a
+    model prunes exactly."""
+    from onnxprune.rewrite.surgery import _drop_unused_initializers
+
+    branch = [helper.make_graph([node(op, ["a", "k"], [op])], op, [],
+                                [helper.make_tensor_value_info(op, TensorProto.FLOAT, None)])
+              for op in ("Add", "Sub")]
+    model = _chain([node("Conv", ["x", "w1"], ["a"], **_K3),
+                    node("Greater", ["thr", "thr"], ["flag"]),
+                    node("If", ["flag"], ["b"], then_branch=branch[0], else_branch=branch[1]),
+                    node("Conv", ["b", "w2"], ["c"], **_K3),
+                    node("Conv", ["c", "w3"], ["y"])])
+    model.graph.initializer.append(numpy_helper.from_array(np.float32(0.5), "k"))
+    model.graph.input.append(helper.make_tensor_value_info("thr", TensorProto.FLOAT, []))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    _drop_unused_initializers(copy)
+    assert "k" in {i.name for i in copy.graph.initializer}
+    assert prunes_exactly(model) > 0

@@ -28,7 +28,7 @@ from onnxprune.analysis.rules import find_rule, op_name
 from onnxprune.analysis.rules.quant import through_dequantize
 from onnxprune.analysis.unionfind import components
 from onnxprune.errors import first_line
-from onnxprune.model.graph import graph_inputs, opset
+from onnxprune.model.graph import graph_inputs, opset, outer_reads
 
 _LOG = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class _Builder:
         return True
 
     def _block_node(self, node: onnx.NodeProto, reason: str, rule_error: bool = False) -> None:
-        for name in list(node.input) + sorted(outer_scope_reads(node)):
+        for name in list(node.input) + sorted(outer_reads(node)):
             if not name:
                 continue
             if self.ctx.is_const(name):
@@ -229,14 +229,6 @@ class _Builder:
                     found[comp].append(mark.reason)
         return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups,
                         self.rule_errors, errors)
-
-
-def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If / Loop / Scan bodies) read from the enclosing graph: they
-    are inputs too, though they do not appear in node.input."""
-    from onnxprune.verify.partial import reads
-
-    return reads(node) - set(node.input)
 
 
 def find_channels(model: onnx.ModelProto) -> Channels:

@@ -18,6 +18,7 @@ from collections import deque
 import onnx
 
 from onnxprune.errors import UserError
+from onnxprune.model.graph import outer_reads
 
 _PREFIX = "not a valid model: "
 
@@ -30,21 +31,6 @@ def check_structure(model: onnx.ModelProto) -> None:
     _check_defined(graph, producer, reads)
     _check_outputs(graph)
     _check_acyclic(graph, producer, reads)
-
-
-def outer_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If / Loop / Scan bodies, at any depth) read from enclosing
-    graphs: inputs of the node too, though absent from node.input. Order-independent: a name
-    any node of the subgraph defines is the subgraph's own."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        graphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
-        for graph in graphs:
-            defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-            defined |= {o for inner in graph.node for o in inner.output}
-            for inner in graph.node:
-                reads |= (set(inner.input) | outer_reads(inner)) - defined - {""}
-    return reads
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:

@@ -140,3 +140,18 @@ def input_specs(model: onnx.ModelProto, batch: int | None = None) -> list[InputS
 def static_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """{name: shape} of `input_specs`."""
     return {spec.name: spec.shape for spec in input_specs(model)}
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If / Loop / Scan bodies, at any depth) read from enclosing
+    graphs: inputs of the node too, though absent from node.input. Order-independent: a name
+    any node of the subgraph defines is the subgraph's own."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
+        for graph in graphs:
+            defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+            defined |= {o for inner in graph.node for o in inner.output}
+            for inner in graph.node:
+                reads |= (set(inner.input) | outer_reads(inner)) - defined - {""}
+    return reads

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 from onnxprune.analysis.flow import ParamKey, Role, tensor_key
 from onnxprune.analysis.units import Channels, SpaceInfo
 from onnxprune.model.external import value
+from onnxprune.model.graph import outer_reads
 from onnxprune.model.weights import infer_shapes
 
 
@@ -92,7 +93,7 @@ def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {n for node in model.graph.node for n in node.input}
+    used = {n for node in model.graph.node for n in [*node.input, *outer_reads(node)]}
     used |= {o.name for o in model.graph.output}
     inits = model.graph.initializer
     for index in reversed(range(len(inits))):

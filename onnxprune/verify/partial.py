@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxprune.model.graph import graph_inputs
+from onnxprune.model.graph import graph_inputs, outer_reads
 
 _STANDARD = ("", "ai.onnx")
 
@@ -103,15 +103,7 @@ def _ref(node: onnx.NodeProto) -> NodeRef:
 def reads(node: onnx.NodeProto) -> set[str]:
     """Every tensor `node` reads: its inputs and the names its subgraphs (If / Loop / Scan
     bodies) read from the enclosing graph, which do not appear in node.input."""
-    found = {n for n in node.input if n}
-    for attr in node.attribute:
-        graphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
-        for graph in graphs:
-            defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-            for inner in graph.node:
-                found |= reads(inner) - defined
-                defined |= set(inner.output)
-    return found
+    return {n for n in node.input if n} | outer_reads(node)
 
 
 def dropped_nodes(model: onnx.ModelProto) -> dict[int, int]:
