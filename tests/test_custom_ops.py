@@ -18,7 +18,7 @@ from onnxprune.errors import VerificationError
 from onnxprune.rewrite.surgery import apply_plan
 from onnxprune.verify import partial
 from onnxprune.verify.oracle import verify
-from tiny import Units, conv, make, node, prunes_exactly
+from tiny import Units, conv, make, node, prunes_exactly, zero_sinks
 
 MS = "com.microsoft"
 
@@ -109,13 +109,7 @@ def _detector():
 def _masked_reference(original, slices, outputs):
     """The report's oracle, recomputed: the original cut at `outputs` (onnx's own extractor),
     every sink slice zeroed."""
-    inits = {i.name: i for i in original.graph.initializer}
-    for s in slices:
-        if s["role"] == "sink":
-            value = numpy_helper.to_array(inits[s["initializer"]]).copy()
-            np.moveaxis(value, s["axis"], 0)[s["removed"]] = 0
-            inits[s["initializer"]].CopyFrom(numpy_helper.from_array(value, s["initializer"]))
-    return _extract(original, outputs)
+    return _extract(zero_sinks(original, slices), outputs)
 
 
 def _extract(model, outputs):

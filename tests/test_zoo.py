@@ -15,6 +15,7 @@ pytest.importorskip("torchvision")
 from onnxprune.cli.main import main  # noqa: E402
 from onnxprune.model.runtime import random_inputs, run  # noqa: E402
 from onnxprune.models.zoo import SMALL_ZOO, ZOO, Exporter, cached_model  # noqa: E402
+from tiny import zero_sinks  # noqa: E402
 
 # A model whose target had to be lowered to a documented reachable minimum would be listed
 # here with its reason; every zoo model currently reaches 0.5.
@@ -36,20 +37,9 @@ def _prune_and_check(name, exporter, tmp_path):
     feeds = random_inputs(pruned, 0)
     (logits,) = run(pruned, feeds)
     assert logits.shape == (1, 1000) and np.isfinite(logits).all()
-    reference = _zero_sinks(original, record["slices"])
+    reference = zero_sinks(original, record["slices"])
     assert _relative(logits, run(reference, feeds)[0]) <= 1e-4, "oracle recomputed from report"
     assert _relative(_perturbed_output(pruned, feeds), logits) > 1e-4, "oracle is insensitive"
-
-
-def _zero_sinks(model, slices):
-    """The report's recipe, in plain onnx + numpy: zero the removed sink indices."""
-    inits = {i.name: i for i in model.graph.initializer}
-    for s in slices:
-        if s["role"] == "sink":
-            value = numpy_helper.to_array(inits[s["initializer"]]).copy()
-            np.moveaxis(value, s["axis"], 0)[s["removed"]] = 0
-            inits[s["initializer"]].CopyFrom(numpy_helper.from_array(value, s["initializer"]))
-    return model
 
 
 def _perturbed_output(model, feeds):
