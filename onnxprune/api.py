@@ -154,7 +154,8 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
 
     `model` may be an Analysis from `analyze` (made with the same `keep`): several prunes of
     one model (a sweep, a latency target's re-plans) then analyse it once. It is not changed,
-    except that a latency target attaches its per-layer table to its costs.
+    except that a latency target attaches its per-layer table to its costs and a dynamic
+    model's second shape is cached on its signature.
 
     Data criteria, `recalibrate_bn` and fine-tuning (`config.finetune`) read `data`: see
     open_calibration_data. With fine-tuning, `holdout` samples are set aside for fidelity and

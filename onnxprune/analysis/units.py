@@ -25,6 +25,7 @@ import onnx
 from onnxprune.analysis.context import Ctx, Space
 from onnxprune.analysis.flow import Block, Fixup, Flow, Key, ParamKey, Role, param_key, tensor_key
 from onnxprune.analysis.rules import find_rule, op_name
+from onnxprune.analysis.rules.contrib import standard_op_type
 from onnxprune.analysis.rules.quant import through_dequantize
 from onnxprune.analysis.unionfind import components
 from onnxprune.errors import first_line
@@ -271,8 +272,8 @@ def _unverifiable(node: onnx.NodeProto, cause: onnx.NodeProto | None) -> Block:
 def _collapsed_group_convs(channels: Channels) -> Iterator[str]:
     ctx = Ctx(channels.model, opset(channels.model), lambda name: None)
     for node in channels.model.graph.node:
-        if node.op_type not in ("Conv", "FusedConv") or tensor_key(node.output[0]) not in \
-                channels.spaces:
+        if (standard_op_type(node) != "Conv"  # FusedConv too; a plugin named Conv is not
+                or tensor_key(node.output[0]) not in channels.spaces):
             continue
         group, weight_shape = ctx.attrs(node).get("group", 1), ctx.shape(node.input[1])
         if group > 1 and weight_shape[1] > 1:

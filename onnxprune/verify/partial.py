@@ -132,7 +132,7 @@ def coverage(model: onnx.ModelProto) -> Coverage:
         return Coverage(tuple(outputs))
     nodes = model.graph.node
     made = {o for i, n in enumerate(nodes) if i not in dropped for o in n.output if o}
-    read = [name for i in dropped for name in [*nodes[i].input, *sorted(reads(nodes[i]))]
+    read = [name for i in dropped for name in [*nodes[i].input, *sorted(outer_reads(nodes[i]))]
             if name in made]
     proven = [o for o in outputs if o in made] + read
     causes = sorted(set(dropped.values()))
