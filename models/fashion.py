@@ -34,7 +34,7 @@ or ``~/.cache/onnxprune/fashion``; per (name, epochs, seed, WEIGHTS_VERSION, tor
 ``.pt`` state_dict, a ``.json`` with the training record and one ``.onnx`` per exporter, all
 written atomically (`onnxprune.model.io.write_atomic`), training serialised by a lock file.
 
-CLI: ``python -m models.fashion train resnet20 [--epochs E] [--seed S] [--exporter X]``,
+CLI: ``python -m models.fashion train resnet20 [--epochs E] [--seed S] [--exporter X] [--fold-bn]``,
 ``python -m models.fashion npz out.npz --split test --n 1000``,
 ``python -m models.fashion eval model.onnx [--n N]``.
 """
@@ -191,8 +191,11 @@ def train(name: str, epochs: int | None = None, seed: int = 0, batch_size: int =
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str],
-                exporter: Exporter | str = Exporter.TORCHSCRIPT) -> pathlib.Path:
-    """Export `model` (switched to eval mode) to `path`, not atomically, BatchNormalization kept."""
+                exporter: Exporter | str = Exporter.TORCHSCRIPT,
+                fold_bn: bool = False) -> pathlib.Path:
+    """Export `model` (switched to eval mode) to `path`, not atomically, BatchNormalization kept,
+    or with `fold_bn` folded into the convolutions as each exporter does by default (the form
+    most ONNX files in the wild have)."""
     exporter, path = Exporter(exporter), pathlib.Path(path)
     model = model.to(memory_format=torch.contiguous_format).eval()
     x = torch.zeros(INPUT_SHAPE)
@@ -200,12 +203,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str],
         if exporter is Exporter.TORCHSCRIPT:
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=TORCHSCRIPT_OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
+                              training=torch.onnx.TrainingMode.EVAL if fold_bn
+                              else torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
         else:
             import onnxscript.optimizer
             from onnxscript import ir
 
-            program = torch.onnx.export(model, (x,), None, dynamo=True, optimize=False,
+            program = torch.onnx.export(model, (x,), None, dynamo=True, optimize=fold_bn,
                                         opset_version=DYNAMO_OPSET, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME])
             onnxscript.optimizer.fold_constants(program.model)
@@ -287,17 +291,18 @@ def cached_fashion_model(name: str, epochs: int | None = None, seed: int = 0,
                          cache_dir: str | os.PathLike[str] | None = None,
                          log: Callable[[str], None] | None = None,
                          threads: int | None = None,
-                         max_steps: int | None = None) -> pathlib.Path:
-    """Path to the trained model's ONNX file, training and exporting it on first use."""
+                         max_steps: int | None = None, fold_bn: bool = False) -> pathlib.Path:
+    """Path to the trained model's ONNX file, training and exporting it on first use;
+    `fold_bn` exports it with BatchNormalization folded into the convolutions."""
     exporter = Exporter(exporter)
     pt = weights_path(name, epochs, seed, cache_dir, log=log, threads=threads,
                       max_steps=max_steps)
-    path = pt.with_name(f"{pt.stem}-{exporter.value}.onnx")
+    path = pt.with_name(f"{pt.stem}-{exporter.value}{'-folded' if fold_bn else ''}.onnx")
     if not path.exists():
         with _locked(path):
             if not path.exists():
                 model = load_torch_model(name, epochs, seed, cache_dir, max_steps)
-                write_atomic(path, lambda tmp: export_onnx(model, tmp, exporter))
+                write_atomic(path, lambda tmp: export_onnx(model, tmp, exporter, fold_bn))
     return path
 
 
@@ -343,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=Exporter.TORCHSCRIPT.value)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads while training (1 on a busy shared CPU)")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="export with BatchNormalization folded into the convolutions")
     p = sub.add_parser("npz", help="write preprocessed images + labels for --data")
     p.add_argument("out")
     p.add_argument("--split", choices=("train", "test"), default="test")
@@ -358,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             def log(line: str) -> None:
                 print(line, file=sys.stderr, flush=True)
             path = cached_fashion_model(args.name, args.epochs, args.seed, args.exporter, log=log,
-                                        threads=args.threads)
+                                        threads=args.threads, fold_bn=args.fold_bn)
             record = training_record(args.name, args.epochs, args.seed)
             seconds = record["epoch_seconds"]
             print(f"train: {len(seconds)} epochs, {sum(seconds) / len(seconds):.1f} s/epoch")
