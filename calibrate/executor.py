@@ -13,11 +13,17 @@ the running buffers) and enables Dropout.
 Shape values are int64 tensors on the module's device; ops that need python ints call
 `.tolist()` (constant inputs are read once, at construction). Nodes whose inputs are all
 constant shape values (integer initializers, `Constant` nodes) are evaluated at construction.
+
+Hooks: `input_transforms[(node, slot)]` rewrites an input of a top-graph node before it runs
+(the Fisher / GFP masks, BN recorders), `output_transforms[(node, slot)]` an output after it
+ran (the BatchNorm re-parametrisation of `calibrate.reparam`); `node_io` lists what every
+top-graph node reads (inputs, plus the outer names its subgraphs read) and writes.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -38,6 +44,14 @@ _NO_IMPL = {"Loop": "Loop is control flow with a data-dependent trip count",
 
 class UnsupportedModel(UserError):
     """A node (op, attribute value or input form) has no exact torch implementation."""
+
+
+class NodeIO(NamedTuple):
+    """A top-graph node's op and value names; `reads` includes what its subgraphs read."""
+    op_type: str
+    domain: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
 
 
 class _Run:
@@ -78,10 +92,13 @@ class _Program:
         transforms = run.transforms
         for fn, wants_run, ins, outs, free, index in self.steps:
             args = [vals[i] for i in ins]
-            if transforms and index in transforms:
-                for slot, transform in transforms[index]:
+            hooks = transforms.get(index) if transforms else None
+            if hooks:
+                for slot, transform in hooks[0]:
                     args[slot] = transform(args[slot])
             result = fn(run, *args) if wants_run else fn(*args)
+            if hooks and hooks[1]:
+                result = _transform_outputs(result, hooks[1])
             if isinstance(result, torch.Tensor):
                 vals[outs[0]] = result
             else:
@@ -102,6 +119,8 @@ class OnnxModule(torch.nn.Module):
         self._taken: set[str] = set()
         self._folded: set[int] = set()  # node indices evaluated at construction
         self.input_transforms: dict[tuple[int, int], Callable] = {}
+        self.output_transforms: dict[tuple[int, int], Callable] = {}
+        self.node_io: list[NodeIO] = []
         graph = model.graph
         inits = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in inits]
@@ -157,15 +176,17 @@ class OnnxModule(torch.nn.Module):
 
     # ------------------------------------------------------------------ construction
 
-    def _transforms_by_node(self) -> dict[int, list]:
-        if not self.input_transforms:
+    def _transforms_by_node(self) -> dict[int, tuple[list, list]]:
+        """node index -> ([(input slot, transform)], [(output slot, transform)])."""
+        if not self.input_transforms and not self.output_transforms:
             return {}
-        by_node: dict[int, list] = {}
-        for (index, slot), transform in self.input_transforms.items():
-            if index in self._folded:
-                raise ValueError(f"input transform on node {index}, which only reads constants "
-                                 f"and was evaluated at construction")
-            by_node.setdefault(index, []).append((slot, transform))
+        by_node: dict[int, tuple[list, list]] = {}
+        for side, transforms in enumerate((self.input_transforms, self.output_transforms)):
+            for (index, slot), transform in transforms.items():
+                if index in self._folded:
+                    raise ValueError(f"transform on node {index}, which only reads constants "
+                                     f"and was evaluated at construction")
+                by_node.setdefault(index, ([], []))[side].append((slot, transform))
         return by_node
 
     def _compile(self, graph: onnx.GraphProto, outer: set[str] | None, top: bool) -> _Program:
@@ -204,6 +225,9 @@ class OnnxModule(torch.nn.Module):
             used = [bool(o) and o in consumed for o in node.output]
             spec = self._spec(node, consts, used, prog.keys, local | (outer or set()))
             fn = _build(spec)
+            if top:
+                self.node_io.append(NodeIO(node.op_type, node.domain, tuple(node.input) + tuple(
+                    spec.extra.get("outer", [])), tuple(node.output)))
             if _can_fold(node, fn, foldable):
                 self._fold(prog, node, index if top else -1, fn, consts, foldable, top)
             else:
@@ -367,6 +391,14 @@ def _build(spec: Spec) -> Callable:
         return builder(spec)
     except Unsupported as exc:
         raise UnsupportedModel(f"{where}: {exc}") from None
+
+
+def _transform_outputs(result, hooks: list):
+    single = isinstance(result, torch.Tensor)
+    values = [result] if single else list(result)
+    for slot, transform in hooks:
+        values[slot] = transform(values[slot])
+    return values[0] if single else tuple(values)
 
 
 def _can_fold(node: onnx.NodeProto, fn: Callable, foldable: set[str]) -> bool:

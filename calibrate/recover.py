@@ -1,24 +1,29 @@
-"""Recovery phases of `onnxprune.api.prune` (the one orchestrator) when `config.finetune` is set.
+"""Recovery phases of `onnxprune.api.prune` (the one orchestrator): the least-squares refit,
+fine-tuning, and the held-out guard that writes the best of them.
 
 `api.prune` analyses the model, opens the data and holds out `holdout` samples, then calls
-`prune_gfp` (GFP schedule) or prunes one-shot itself, then calls `finetune_slice`. This
-module receives the analysis and data it works on: it never analyses a model or imports `api`.
+`prune_gfp` (GFP schedule) or prunes one-shot itself, then calls `recover`. This module
+receives the analysis and data it works on: it never analyses a model or imports `api`.
 
 - oneshot: `api.prune` scores on the training share of the data (any criterion), plans,
-  slices and proves the slice exact (the oracle); `finetune_slice` fine-tunes it for the
-  whole budget.
+  slices and proves the slice exact (the oracle); `recover` refits the sinks by least squares
+  (calibrate/refit.py; on by default with data) and fine-tunes, when asked, from the better of
+  slice and refit on the held-out share, for the whole budget.
 - gfp (`prune_gfp`): fine-tune the full model with masks, removing units by accumulated
   Fisher as it goes (gfp.py); slice once the target is met and prove the slice exact *with the
-  trained weights*; `finetune_slice` fine-tunes the sliced model for the rest of the budget
-  (a fresh cosine schedule).
-Either way the fine-tuned weights are written into the pruned ONNX, which must pass
-onnx.checker and run in onnxruntime; the report then states fidelity
-(`onnxprune.verify.fidelity`) on `holdout` samples the training never saw.
+  trained weights*; `recover` fine-tunes the slice for the rest of the budget (a fresh
+  schedule). The refit is off by default here: its targets are the original's outputs, which
+  GFP's training has moved away from.
+Fine-tuning judges itself every few steps on the held-out share and keeps its best checkpoint;
+then the slice, the refit and the fine-tuned model are compared on the held-out share and the
+best is written (calibrate/guard.py), with its fidelity (`onnxprune.verify.fidelity`) and the
+others' in the report. A fine-tuning that diverges is dropped with a warning, not an error.
+Fine-tuned weights must pass onnx.checker and run in onnxruntime.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -26,8 +31,11 @@ import onnx
 from calibrate.datatypes import CalibrationData
 from calibrate.distributed import World, world
 from calibrate.executor import OnnxModule
-from calibrate.finetune import FinetuneLog, finetune, total_steps
+from calibrate.finetune import Diverged, FinetuneLog, finetune, total_steps
 from calibrate.gfp import GfpSchedule, with_weights
+from calibrate.guard import Checkpoints, best, warnings
+from calibrate.refit import refit
+from calibrate.reparam import slice_targets
 from onnxprune.config import Criterion, Normalize, PruneConfig, Schedule
 from onnxprune.errors import UserError
 from onnxprune.model.batch import make_batch_free
@@ -45,17 +53,31 @@ from onnxprune.rewrite.surgery import apply_plan
 from onnxprune.verify.fidelity import fidelity
 from onnxprune.verify.oracle import Verdict, check_model, verify
 
+CHECKPOINTS = 5  # fine-tuning is judged this many times (and at its end) on the held-out share
+
 
 @dataclass
 class Recovery:
-    schedule: Schedule
-    finetune: FinetuneLog
-    fidelity: dict | None
+    """What recovery did, and which candidate was written (calibrate/guard.py)."""
+    schedule: Schedule | None                 # None: no fine-tuning
+    finetune: FinetuneLog | None = None
+    fidelity: dict | None = None              # of the model written, on the held-out share
     gfp: dict | None = None
+    refit: dict | None = None                 # calibrate/refit.py's record
+    chosen: str = "slice"                     # "slice", "refit" or "fine-tuned"
+    start: str | None = None                  # what fine-tuning started from
+    checkpoint: int | None = None             # the fine-tuning step whose weights were kept
+    candidates: dict = field(default_factory=dict)   # name -> held-out fidelity
+    warnings: list = field(default_factory=list)
+    diverged: str | None = None               # fine-tuning stopped on a non-finite value
 
     def as_dict(self) -> dict:
-        return {"schedule": self.schedule.value, "finetune": self.finetune.as_dict(),
-                "fidelity": self.fidelity, "gfp": self.gfp}
+        return {"schedule": None if self.schedule is None else self.schedule.value,
+                "finetune": None if self.finetune is None else self.finetune.as_dict(),
+                "fidelity": self.fidelity, "gfp": self.gfp, "refit": self.refit,
+                "chosen": self.chosen, "finetune_start": self.start,
+                "checkpoint_step": self.checkpoint, "candidates": self.candidates,
+                "diverged": self.diverged, "warnings": self.warnings}
 
 
 def _module(model: onnx.ModelProto, w: World, what: str) -> OnnxModule:
@@ -65,9 +87,8 @@ def _module(model: onnx.ModelProto, w: World, what: str) -> OnnxModule:
     return OnnxModule(free).to(w.device)
 
 
-def _teacher(original: onnx.ModelProto, data: CalibrationData, w: World):
-    if data.has_labels:
-        return None
+def _teacher(original: onnx.ModelProto, w: World):
+    """The original, frozen: the distillation target, with or without labels."""
     teacher = _module(original, w, "original").eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -78,7 +99,7 @@ def finetune_model(original, pruned, data, config: PruneConfig, w: World, steps:
                    progress: bool) -> tuple[onnx.ModelProto, FinetuneLog]:
     """Fine-tune `pruned` (labels, or distillation from `original`); weights written back."""
     student = _module(pruned, w, "pruned")
-    log = finetune(student, _teacher(original, data, w), data, config.finetune,
+    log = finetune(student, _teacher(original, w), data, config.finetune,
                    output_kinds(pruned), w, steps, config.seed, progress)
     tuned = student.write_back(pruned)
     check_model(tuned)
@@ -90,7 +111,7 @@ def _gfp(analysis, config, data, w, steps, progress):
     reachable_check(analysis, config)
     module = _module(analysis.model, w, "original")
     schedule = GfpSchedule(analysis, config, module, w, prune_steps=max(1, steps // 2))
-    log = finetune(module, _teacher(analysis.model, data, w), data, config.finetune,
+    log = finetune(module, _teacher(analysis.model, w), data, config.finetune,
                    output_kinds(analysis.model), w, steps, config.seed, progress,
                    step_hook=schedule.after_step, before_step=schedule.before_step)
     extra = schedule.finish()
@@ -123,6 +144,7 @@ class GfpPruned:
     steps_used: int
     log: FinetuneLog
     record: dict
+    trained: onnx.ModelProto | None = None  # the full model GFP trained, which `slices` cut
 
 
 def prune_gfp(analysis, config: PruneConfig, train: CalibrationData, timings: dict
@@ -142,23 +164,78 @@ def prune_gfp(analysis, config: PruneConfig, train: CalibrationData, timings: di
     removal = Removal(analysis.channels, analysis.costs)
     removal.remove(np.flatnonzero(removed))
     plan = Plan(removed, removal.kept, analysis.costs.costs(), analysis.costs.costs(removal.kept))
-    return GfpPruned(pruned, slices, verdict, plan, log.steps, log, record)
+    return GfpPruned(pruned, slices, verdict, plan, log.steps, log, record, tuned)
 
 
-def finetune_slice(original: onnx.ModelProto, pruned: onnx.ModelProto,
-                   train: CalibrationData, held: CalibrationData, config: PruneConfig,
-                   timings: dict, gfp: GfpPruned | None = None) -> tuple[onnx.ModelProto, Recovery]:
-    """Fine-tune the sliced `pruned` on `train` for the steps the pruning phase left (all of
-    them after one-shot, the rest after `gfp`); fidelity against `original` on `held`.
-    Adds timings["finetune"]."""
+def _finetune(original, start, train, held, config: PruneConfig, w: World, steps: int,
+              cut: tuple):
+    """Fine-tune `start` for `steps`, checkpoints judged on `held` (calibrate/guard.py); the
+    best checkpoint's weights are written back. `cut` = (the model the slice was cut from, the
+    slices): the BN-folded convs of the slice get its channel statistics back
+    (calibrate/reparam.py). Returns (model, log, checkpoints)."""
+    student = _module(start, w, "pruned")
+    checks = Checkpoints(_module(original, w, "original").eval(), held, output_kinds(start),
+                         train.has_labels, max(1, steps // CHECKPOINTS), w.device)
+    targets = slice_targets(_module(cut[0], w, "original"), cut[1], train,
+                            config.finetune.batch_size, w)
+    log = finetune(student, _teacher(original, w), train, config.finetune,
+                   output_kinds(start), w, steps, config.seed, config.calibration.progress,
+                   checkpoints=checks, bn_targets=targets)
+    tuned = student.write_back(start)
+    check_model(tuned)
+    return tuned, log, checks
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, slices,
+            train: CalibrationData, held: CalibrationData, config: PruneConfig, timings: dict,
+            gfp: GfpPruned | None = None) -> tuple[onnx.ModelProto, Recovery]:
+    """Recover the proven slice `pruned` of `original`: the least-squares refit (when
+    `config.reconstructs`), then fine-tuning for the steps the pruning phase left (all of them
+    after one-shot, the rest after `gfp`), starting from the better of slice and refit on
+    `held`. The model returned is the best on `held` of the slice, the refit and the
+    fine-tuned model (calibrate/guard.py). Adds timings["refit"] / ["finetune"] / ["judge"]."""
     w = world(config.calibration.device)
-    steps = total_steps(config.finetune, train, w.size)
-    used, log = (gfp.steps_used, gfp.log) if gfp is not None else (0, None)
+    candidates = [("slice", pruned, None)]
+    record = Recovery(config.finetune.schedule if config.finetune else None)
+    if config.reconstructs(True):
+        tick = time.perf_counter()
+        refit_model, record.refit = refit(original, pruned, slices, train, config.calibration,
+                                          config.seed)
+        timings["refit"] = time.perf_counter() - tick
+        if record.refit["refit_layers"]:
+            candidates.append(("refit", refit_model, None))
+    candidates = _judged(original, candidates, held, timings)
+    if config.finetune is not None:
+        steps = total_steps(config.finetune, train, w.size)
+        used = gfp.steps_used if gfp is not None else 0
+        record.finetune = gfp.log if gfp is not None else None
+        if steps > used:
+            name, start, _ = best(candidates)
+            tick = time.perf_counter()
+            cut = (gfp.trained, gfp.slices) if gfp is not None else (original, slices)
+            record.start = name
+            try:
+                tuned, record.finetune, checks = _finetune(original, start, train, held, config,
+                                                           w, steps - used, cut)
+            except Diverged as exc:  # never worse: the slice or the refit is written instead
+                record.diverged = str(exc)
+            else:
+                record.checkpoint = checks.best_step
+                candidates = _judged(original, [*candidates, ("fine-tuned", tuned, None)], held,
+                                     timings)
+            timings["finetune"] = time.perf_counter() - tick
+    record.chosen, model, record.fidelity = best(candidates)
+    record.candidates = {name: fid for name, _, fid in candidates}
+    record.gfp = gfp.record if gfp is not None else None
+    record.warnings = ([f"{record.diverged}; the {record.chosen} was written"]
+                       if record.diverged else []) + warnings(record.fidelity)
+    return model, record
+
+
+def _judged(original, candidates, held: CalibrationData, timings: dict):
+    """The candidates with their held-out fidelity (measured once each)."""
     tick = time.perf_counter()
-    tuned = pruned
-    if steps > used:
-        tuned, log = finetune_model(original, pruned, train, config, w, steps - used,
-                                    config.calibration.progress)
-    timings["finetune"] = time.perf_counter() - tick
-    return tuned, Recovery(config.finetune.schedule, log, fidelity(original, tuned, held),
-                           gfp.record if gfp is not None else None)
+    out = [(name, model, fid if fid is not None else fidelity(original, model, held))
+           for name, model, fid in candidates]
+    timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - tick
+    return out

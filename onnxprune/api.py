@@ -101,7 +101,7 @@ def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
     (dict, labels) pairs, or a calibrate.data.CalibrationData) opened for the analysed model."""
     what = ("fine-tuning" if config.finetune is not None
             else f"--criterion {config.criterion.value}" if config.criterion.needs_data
-            else "--recalibrate-bn")
+            else "--recalibrate-bn" if config.calibration.recalibrate_bn else "--reconstruct")
     if data is None:
         raise UserError(f"{what} needs data (--data)")
     try:  # reading the data needs numpy only, but every stage that uses it runs in torch
@@ -116,20 +116,21 @@ def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
                      no_labels=config.calibration.no_labels)
 
 
-def _open_data(analysis: Analysis, config: PruneConfig, scores: np.ndarray | None, data):
-    """(`data` opened once for every stage that reads it, None if none does; with fine-tuning
-    its training share, so that no stage sees the held-out samples), (the held-out share, or
-    None without fine-tuning)."""
-    if not (config.finetune is not None or config.calibration.recalibrate_bn
+def _open_data(analysis: Analysis, config: PruneConfig, scores: np.ndarray | None, data,
+               recovers: bool):
+    """(`data` opened once for every stage that reads it, None if none does; with recovery
+    (refit or fine-tuning) its training share, so that no stage sees the held-out samples),
+    (the held-out share, `config.holdout` samples but at most half, or None without
+    recovery)."""
+    if not (recovers or config.calibration.recalibrate_bn
             or (scores is None and config.criterion.needs_data)):
         return None, None
     data = open_calibration_data(analysis, config, data)
-    if config.finetune is None:
+    if not recovers:
         return data, None
-    train, held = data.split(config.finetune.holdout, seed=config.seed)
+    train, held = data.split(min(config.holdout, data.num_samples // 2), seed=config.seed)
     if train.num_samples == 0:
-        raise UserError(f"no training samples left after holding out {held.num_samples}: "
-                        "lower --holdout")
+        raise UserError(f"{data.num_samples} samples: recovery needs at least one to train on")
     return train, held
 
 
@@ -157,14 +158,19 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
     except that a latency target attaches its per-layer table to its costs and a dynamic
     model's second shape is cached on its signature.
 
-    Data criteria, `recalibrate_bn` and fine-tuning (`config.finetune`) read `data`: see
-    open_calibration_data. With fine-tuning, `holdout` samples are set aside for fidelity and
-    the rest trains: the GFP schedule prunes while training (`calibrate.recover.prune_gfp`),
-    one-shot prunes as without fine-tuning; then `calibrate.recover.finetune_slice` fine-tunes
-    the slice. BN statistics are re-estimated on the slice, before any fine-tuning. The model
+    Data criteria, `recalibrate_bn`, the refit and fine-tuning read `data`: see
+    open_calibration_data. With recovery (`config.reconstructs`, on by default with data under
+    the one-shot schedule, or `config.finetune`), `holdout` samples are set aside to judge it
+    and the rest is used: the GFP schedule prunes while training
+    (`calibrate.recover.prune_gfp`), one-shot prunes as without recovery; then
+    `calibrate.recover.recover` refits and / or fine-tunes the slice and keeps the best of
+    slice, refit and fine-tuned model on the held-out share (`config.min_agreement` stops with
+    a UserError below that agreement). BN statistics are re-estimated on the slice, before any
+    recovery. The model
     returned keeps the original's dynamic dimensions unless `config.static_shape`
     (`_prove_signature`)."""
-    recover = _recover_module() if config.finetune is not None else None
+    recovers = config.finetune is not None or config.reconstructs(data is not None)
+    recover = _recover_module() if recovers else None
     analysis = _analysis(model, config)
     start = time.perf_counter()
     timings = {"analyze": analysis.seconds if analysis is not model else 0.0}
@@ -172,9 +178,9 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
     if analysis.signature is not None and not config.static_shape:  # fails before any work
         second = analysis.signature.second()
         timings["signature"] = time.perf_counter() - start
-    data, held = _open_data(analysis, config, scores, data)
+    data, held = _open_data(analysis, config, scores, data, recovers)
     gfp = None
-    if recover is not None and config.finetune.schedule is Schedule.GFP:
+    if config.finetune is not None and config.finetune.schedule is Schedule.GFP:
         gfp = recover.prune_gfp(analysis, config, data, timings)
         result = PruneResult(gfp.model, analysis, gfp.plan, gfp.slices,
                              np.zeros(len(gfp.plan.removed)), gfp.verdict, timings)
@@ -184,8 +190,9 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
     if config.calibration.recalibrate_bn:
         _recalibrate_bn(result, config, data)
     if recover is not None:
-        result.model, result.recovery = recover.finetune_slice(
-            analysis.model, result.model, data, held, config, timings, gfp)
+        result.model, result.recovery = recover.recover(
+            analysis.model, result.model, result.slices, data, held, config, timings, gfp)
+        _require_agreement(result.recovery.fidelity, config.min_agreement)
     if second is not None:  # the original's signature, dynamic dims and all
         result.model = written if result.model is sliced else second.apply(result.model)
     result.model = reshare(result.model)  # proven: identical initializers stored once
@@ -231,9 +238,15 @@ def _recover_module():
     try:
         from calibrate import recover
     except ImportError as exc:
-        raise UserError(f"fine-tuning needs torch ({exc}): pip install 'onnxprune[torch]'"
-                        ) from None
+        raise UserError(f"recovery (refit, fine-tuning) needs torch ({exc}): "
+                        "pip install 'onnxprune[torch]'") from None
     return recover
+
+
+def _require_agreement(fid: dict | None, minimum: float | None) -> None:
+    from calibrate.guard import require_agreement
+
+    require_agreement(fid, minimum)
 
 
 def _prune_oneshot(analysis: Analysis, config: PruneConfig, scores: np.ndarray | None, data,

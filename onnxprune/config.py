@@ -105,6 +105,18 @@ class PruneConfig:
     static_shape: bool = False   # the output keeps the analysis shape instead of the original's
                                  # dynamic dims (onnxprune.rewrite.signature)
     quantize: Quantize | None = None  # also write an INT8 copy; run by the CLI after prune
+    reconstruct: bool | None = None  # least-squares refit of the sinks (calibrate/refit.py);
+                                     # None: with data, under the one-shot schedule
+    holdout: int = 500           # samples (at most half the data) kept out of the refit and of
+                                 # fine-tuning, to judge them (calibrate/guard.py)
+    min_agreement: float | None = None  # held-out top-1 agreement below this: nothing written
+
+    def reconstructs(self, has_data: bool) -> bool:
+        """Whether the sinks are refit: as asked, else with data under the one-shot schedule
+        (GFP's trained weights are not the original's, so its layers are not refit to them)."""
+        if self.reconstruct is not None:
+            return self.reconstruct
+        return has_data and (self.finetune is None or self.finetune.schedule is Schedule.ONESHOT)
 
     @property
     def uses_latency(self) -> bool:
@@ -136,4 +148,3 @@ class FinetuneConfig:
     schedule: Schedule = Schedule.ONESHOT
     prune_every: int = 25            # GFP: steps between removals (paper: 25 classification)
     prune_count: int = 1             # GFP: units removed each time
-    holdout: int = 500               # samples kept out of training to measure fidelity

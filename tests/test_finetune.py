@@ -63,7 +63,7 @@ def _config(schedule=Schedule.ONESHOT, steps=60, criterion=Criterion.FISHER, no_
     return PruneConfig(Target(TargetKind.MEM, 0.6), criterion=criterion, round_to=1,
                        calibration=CalibrationConfig(batch_size=32, no_labels=no_labels),
                        finetune=FinetuneConfig(steps=steps, batch_size=32, lr=0.05,
-                                               schedule=schedule, prune_every=3, holdout=64))
+                                               schedule=schedule, prune_every=3), holdout=64)
 
 
 def test_model_keeps_batchnorm(task):
@@ -107,7 +107,9 @@ def test_prune_analyses_once_and_recalibrates_bn_before_tuning(task, monkeypatch
     config = replace(config, calibration=replace(config.calibration, recalibrate_bn=True))
     result = prune(model, config, data=[({"x": x}, y)])
     assert len(calls) == 1
-    assert list(result.timings) == [*phases, "recalibrate_bn", "finetune"]
+    recovery = ["refit", "judge", "finetune"] if schedule is Schedule.ONESHOT else \
+        ["judge", "finetune"]  # one-shot refits the slice before fine-tuning; GFP does not
+    assert list(result.timings) == [*phases, "recalibrate_bn", *recovery]
     assert result.bn_samples == N - 64 and result.recovery.fidelity["samples"] == 64
     assert result.plan.after.mem <= 0.6 * result.plan.before.mem
 
@@ -247,6 +249,41 @@ def test_recalibrate_bn_from_the_cli(task, tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=x)
     assert main([str(tmp_path / "m.onnx"), "--target-mem", "0.6", "--data",
                  str(tmp_path / "d.npz"), "--recalibrate-bn", "-o", str(tmp_path / "o.onnx"),
-                 "--round-to", "1"]) == 0
+                 "--round-to", "1", "--no-reconstruct"]) == 0
     assert f"re-estimated on {N} samples" in capsys.readouterr().out
+    assert main([str(tmp_path / "m.onnx"), "--target-mem", "0.6", "--data",  # with the refit:
+                 str(tmp_path / "d.npz"), "--recalibrate-bn", "-o", str(tmp_path / "r.onnx"),
+                 "--round-to", "1"]) == 0  # the held-out half judges it
+    assert f"re-estimated on {N - N // 2} samples" in capsys.readouterr().out
     assert main([str(tmp_path / "m.onnx"), "--target-mem", "0.6", "--recalibrate-bn"]) == 2
+
+
+@pytest.mark.parametrize("harm", ["noise", "diverge"])
+def test_a_fine_tuning_made_to_hurt_leaves_the_slice_written(task, monkeypatch, harm):
+    """Fine-tuning that wrecks the weights (noise on every parameter) or diverges: the slice,
+    better on the held-out samples, is what comes back, and the report says why."""
+    from dataclasses import replace
+
+    from calibrate import recover
+    from calibrate.finetune import Diverged
+    from calibrate.guard import score
+
+    def hurt(student, *args, checkpoints=None, **kwargs):
+        if harm == "diverge":
+            raise Diverged("fine-tuning diverged: the loss is nan at step 3 (lr 0.05)")
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+        checkpoints.judge(1, student)
+        return recover.FinetuneLog(1, 32, 1.0, 9.0, 0.1)
+
+    monkeypatch.setattr(recover, "finetune", hurt)
+    model, x, y = task
+    config = replace(_config(steps=12), reconstruct=False)
+    rec = prune(model, config, data=[({"x": x}, y)]).recovery
+    assert rec.chosen == "slice" and rec.fidelity == rec.candidates["slice"]
+    if harm == "diverge":
+        assert "fine-tuned" not in rec.candidates and rec.diverged
+        assert rec.warnings[0].endswith("the slice was written")
+    else:
+        assert score(rec.candidates["fine-tuned"]) < score(rec.candidates["slice"])

@@ -291,7 +291,7 @@ def test_fine_tuned_slice_keeps_the_signature(tmp_path, schedule):
     x = np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32)
     config = PruneConfig(Target(TargetKind.MEM, 0.6), criterion=Criterion.FISHER, round_to=1,
                          finetune=FinetuneConfig(steps=6, batch_size=16, prune_every=1,
-                                                 holdout=16, schedule=Schedule(schedule)))
+                                                 schedule=Schedule(schedule)), holdout=16)
     result = prune(onnx.load_from_string(buf.getvalue()), config,
                    data=[({"x": x}, (x[:, 0].mean((1, 2)) > 0).astype(np.int64))])
     assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"

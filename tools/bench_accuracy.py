@@ -86,7 +86,7 @@ THEIRS = [("Torch-Pruning GroupTaylor", "taylor"), ("Torch-Pruning GroupMagnitud
 
 
 def _finetune_config(args, schedule=Schedule.ONESHOT, prune_count=1) -> FinetuneConfig:
-    return FinetuneConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0,
+    return FinetuneConfig(steps=args.steps, batch_size=args.batch, lr=args.lr,
                           schedule=schedule, prune_every=args.gfp_every,
                           prune_count=prune_count)
 
@@ -96,7 +96,8 @@ def _ours(row: Ours, target, seed, args, data, prune_count=1):
     calibration = CalibrationConfig(batch_size=args.batch, max_batches=args.calib // args.batch)
     config = PruneConfig(Target(TargetKind.MEM, target), criterion=row.criterion, seed=seed,
                          round_to=row.round_to or args.round_to, calibration=calibration,
-                         finetune=_finetune_config(args, row.schedule, prune_count))
+                         finetune=_finetune_config(args, row.schedule, prune_count),
+                         holdout=0, reconstruct=False)
     result = prune(str(args.base_path), config, data=data)
     return result.model, {"units_removed": int(result.plan.removed.sum()),
                           "gfp": result.recovery.gfp}

@@ -11,7 +11,7 @@ import argparse
 import math
 
 from onnxprune.bench.base import BackendKind
-from onnxprune.cli.data import calibration, criterion, finetune
+from onnxprune.cli.data import calibration, criterion, finetune, recovery
 from onnxprune.config import (
     Criterion,
     LatencyConfig,
@@ -117,12 +117,14 @@ def quantize(args) -> Quantize | None:
 def prune_config(args, target: Target, shapes: dict[str, tuple[int, ...]],
                  latency: LatencyConfig | None = None) -> PruneConfig:
     """The PruneConfig of parsed prune or sweep arguments. A parser without the recovery
-    options (data.add_finetune; sweep has none) means no fine-tuning."""
+    options (data.add_finetune; sweep has none) means no refit and no fine-tuning."""
     if args.round_to < 1:
         raise UserError(f"--round-to {args.round_to}: must be >= 1")
+    recovers = hasattr(args, "finetune_steps")
     return PruneConfig(target=target, criterion=criterion(args),  # checks in this order
                        normalize=normalize(args, target.kind), round_to=args.round_to,
                        seed=args.seed, input_shapes=shapes, calibration=calibration(args),
-                       finetune=finetune(args) if hasattr(args, "finetune_steps") else None,
+                       finetune=finetune(args) if recovers else None,
                        latency=latency, keep=tuple(args.keep), quantize=quantize(args),
-                       static_shape=getattr(args, "static_shape", False))
+                       static_shape=getattr(args, "static_shape", False),
+                       **(recovery(args) if recovers else {"reconstruct": False}))

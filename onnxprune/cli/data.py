@@ -34,7 +34,14 @@ def add_data(p: argparse.ArgumentParser) -> None:
 
 
 def add_finetune(p: argparse.ArgumentParser) -> None:
-    f = p.add_argument_group("recovery: fine-tuning on --data after (or while) pruning")
+    f = p.add_argument_group("recovery on --data: least-squares refit, fine-tuning after (or "
+                             "while) pruning, judged on held-out samples")
+    f.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                   help="refit the layers that lost input channels by least squares against "
+                        "the original's outputs (default: on with --data, except --schedule gfp)")
+    f.add_argument("--min-agreement", type=float, default=None, metavar="F",
+                   help="exit 2 and write nothing when the held-out top-1 agreement with the "
+                        "original is below F (0..1)")
     budget = f.add_mutually_exclusive_group()
     budget.add_argument("--finetune-epochs", type=float, metavar="E",
                         help="fine-tune for E passes over the data (fractions allowed)")
@@ -53,7 +60,8 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
                    help="gfp: chunks removed each time (a chunk: --round-to channels of one "
                         "layer group, or one unit where the group's width is not a multiple)")
     f.add_argument("--holdout", type=int, default=500, metavar="N",
-                   help="samples kept out of training to measure fidelity (default 500)")
+                   help="samples kept out of the refit and of training, to judge them "
+                        "(default 500, at most half the data)")
 
 
 def criterion(args) -> Criterion:
@@ -99,6 +107,20 @@ def _positive(flag: str, value, minimum=1):
         raise UserError(f"{flag} {value}: must be >= {minimum}")
 
 
+def recovery(args) -> dict:
+    """PruneConfig's recovery fields from --reconstruct, --holdout and --min-agreement."""
+    _positive("--holdout", args.holdout, 0)
+    if args.reconstruct and not args.data:
+        raise UserError("--reconstruct refits on data: give --data PATH")
+    if args.min_agreement is not None:
+        if not 0 <= args.min_agreement <= 1:
+            raise UserError(f"--min-agreement {args.min_agreement}: must be in [0, 1]")
+        if not args.data:
+            raise UserError("--min-agreement judges on held-out data: give --data PATH")
+    return {"reconstruct": args.reconstruct, "holdout": args.holdout,
+            "min_agreement": args.min_agreement}
+
+
 def finetune(args) -> FinetuneConfig | None:
     """None unless a fine-tuning budget is given."""
     if args.finetune_epochs is None and args.finetune_steps is None:
@@ -113,11 +135,10 @@ def finetune(args) -> FinetuneConfig | None:
     for flag, value in (("--finetune-steps", args.finetune_steps),
                         ("--prune-every", args.prune_every), ("--prune-count", args.prune_count)):
         _positive(flag, value)
-    _positive("--holdout", args.holdout, 0)
     if not (args.lr > 0 and args.temperature > 0 and args.weight_decay >= 0):
         raise UserError("--lr and --temperature must be > 0, --weight-decay >= 0")
     return FinetuneConfig(epochs=args.finetune_epochs, steps=args.finetune_steps, lr=args.lr,
                           optimizer=Optimizer(args.optimizer), weight_decay=args.weight_decay,
                           batch_size=args.batch_size, temperature=args.temperature,
                           schedule=Schedule(args.schedule), prune_every=args.prune_every,
-                          prune_count=args.prune_count, holdout=args.holdout)
+                          prune_count=args.prune_count)

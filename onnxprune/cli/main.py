@@ -132,6 +132,8 @@ def run_prune(argv: list[str]) -> int:
     result, extra = prune_measured(model, config, data=args.data, bench=bool(args.bench))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
         return 0
+    for warning in (result.recovery.warnings if result.recovery is not None else []):
+        print(f"onnxprune: warning: {warning}", file=sys.stderr)
     save_atomic(result.model, output, external=has_lazy(model))
     if config.quantize is not None:
         extra["int8"] = int8.int8_record(result, config, args.data, output, args.holdout,

@@ -172,27 +172,56 @@ def fidelity_text(fid: dict, against: str, before: str, after: str) -> str:
 
 
 def _recovery_lines(result) -> str:
-    """Fine-tuning and fidelity on held-out data (the oracle line is about the slicing)."""
+    """Refit, fine-tuning, the candidate written and its fidelity on held-out data (the oracle
+    line is about the slicing)."""
     rec = getattr(result, "recovery", None)
     if rec is None:
         return ""
+    lines = []
+    if rec.refit is not None:
+        lines.append(_refit_line(rec.refit))
     ft = rec.finetune
-    head = f"  fine-tuned ({rec.schedule.value}): {ft.steps} steps, "
-    lines = [head + f"loss {ft.first_loss:.4f} -> {ft.last_loss:.4f}"]
-    if rec.gfp:
-        lines[0] += (f"; gfp removed {rec.gfp['units_removed']} units in "
-                     f"{rec.gfp['removals']} steps")
+    if ft is not None:
+        lines.append(f"  fine-tuned ({rec.schedule.value}): {ft.steps} steps, "
+                     f"loss {ft.first_loss:.4f} -> {ft.last_loss:.4f}")
+        if rec.start is not None:
+            lines[-1] += f", from the {rec.start}; kept step {rec.checkpoint}"
+        if rec.gfp:
+            lines[-1] += (f"; gfp removed {rec.gfp['units_removed']} units in "
+                          f"{rec.gfp['removals']} steps")
+    judged = {n: f for n, f in rec.candidates.items() if f}
+    if len(judged) > 1:
+        lines.append("  held-out score: " + ", ".join(
+            f"{name} {_score_text(fid)}" for name, fid in judged.items())
+            + f"; written: the {rec.chosen}")
     fid = rec.fidelity
     if fid:
         lines.append("  fidelity: " + fidelity_text(fid, "the original", "original", "pruned"))
-    else:
-        lines.append("  fidelity: no held-out samples (--holdout 0)")
+    lines += [f"  WARNING: {w}" for w in rec.warnings]
     return "\n".join(lines) + "\n"
+
+
+def _refit_line(refit: dict) -> str:
+    if not refit.get("layers"):
+        why = refit.get("reason") or "no layer that lost input channels can be refit"
+        return f"  refit: none ({why})"
+    return (f"  refit: {refit['refit_layers']} of {len(refit['layers'])} layers by least "
+            f"squares on {refit['samples']} samples in {refit['passes']} passes, "
+            f"{refit['seconds']:.1f} s" + (f"; {len(refit['skipped'])} layers not refit"
+                                           if refit["skipped"] else ""))
+
+
+def _score_text(fid: dict) -> str:
+    if "accuracy_pruned" in fid:
+        return f"top-1 {fid['accuracy_pruned']:.2%}"
+    if "top1_agreement" in fid:
+        return f"agreement {fid['top1_agreement']:.2%}"
+    return f"mean abs error {fid['mean_abs_error']:.3g}"
 
 
 def prune_summary(result: PruneResult, output: str) -> str:
     total = sum(result.timings.values())
-    sliced = (" of the slicing, before fine-tuning" if getattr(result, "recovery", None) else
+    sliced = (" of the slicing, before recovery" if getattr(result, "recovery", None) else
               " of the slicing, before BN re-estimation" if getattr(result, "bn_samples", None)
               else "")
     return (f"pruned -> {output}\n{_calibration_line(result)}"
