@@ -11,9 +11,9 @@ accumulators are all-reduced before each decision, so every rank removes the sam
 
 Pruning may use at most half of the step budget, so that the sliced network always gets the
 other half to recover; if the target is not met by then, the rest is removed at once by the
-last accumulated scores (reported as `removed_without_training`). Then the network, whose
-masked channels are exactly the removed ones, is sliced and checked by the exactness oracle
-with its trained weights.
+Fisher accumulated over the whole pruning phase (reported as `removed_without_training`).
+Then the network, whose masked channels are exactly the removed ones, is sliced and checked by
+the exactness oracle with its trained weights.
 """
 from __future__ import annotations
 
@@ -45,12 +45,14 @@ class GfpState:
     removal: Removal
     goal: float
     cost: Callable[[np.ndarray], float]  # the target's cost of the kept channel counts
-    fisher: np.ndarray = field(init=False)
+    fisher: np.ndarray = field(init=False)   # since the last removal (reset at each one)
+    total: np.ndarray = field(init=False)    # since the start (never reset): for finish()
     alive: np.ndarray = field(init=False)
     log: list = field(default_factory=list)
 
     def __post_init__(self):
         self.fisher = np.zeros(len(self.units))
+        self.total = np.zeros(len(self.units))
         self.alive = np.ones(len(self.units), dtype=bool)
 
     def candidates(self) -> np.ndarray:
@@ -129,7 +131,9 @@ class GfpSchedule:
     def after_step(self, step: int, grad: torch.Tensor | None) -> bool:
         """Accumulate F; every `prune_every` steps remove units. True: the target is met."""
         if grad is not None:
-            self.state.fisher += ((grad.detach().double().cpu() * self.n) ** 2).sum(0).numpy()
+            step_fisher = ((grad.detach().double().cpu() * self.n) ** 2).sum(0).numpy()
+            self.state.fisher += step_fisher
+            self.state.total += step_fisher
         out_of_budget = self.prune_steps is not None and step + 1 >= self.prune_steps
         if (step + 1) % self.config.finetune.prune_every and not out_of_budget:
             return False
@@ -140,8 +144,12 @@ class GfpSchedule:
         return self.reached() or out_of_budget
 
     def finish(self) -> int:
-        """Remove what is still needed without training; returns how many units that was."""
+        """Remove what is still needed without training, by the Fisher accumulated over the
+        whole pruning phase (the per-removal sums were just reset: ranking by them would take
+        the first open group); returns how many units that was."""
         self.masks.detach(self.module)
+        self.state.fisher = all_reduce_sum(torch.from_numpy(self.state.total),
+                                           self.world).numpy().copy()
         extra = 0
         while not self.reached():
             got = self.state.remove_lowest(1, None)

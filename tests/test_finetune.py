@@ -158,6 +158,27 @@ def test_gfp_removes_the_lowest_normalised_fisher_first_and_stops_at_target(task
     assert len(order) == int((~state.alive).sum())
 
 
+def test_gfp_finish_ranks_by_the_fisher_of_the_whole_phase(task):
+    """When the pruning half of the budget runs out, after_step has just reset the per-removal
+    sums: finish() must rank by the whole phase's Fisher, not by those zeros (which removed the
+    first open group whatever its importance)."""
+    model, _, _ = task
+    analysis = analyze(model)
+    config = _config(Schedule.GFP)
+    module = OnnxModule(make_batch_free(analysis.model)[0])
+    schedule = GfpSchedule(analysis, config, module, world("cpu"))
+    state = schedule.state
+    state.total[:] = np.linspace(1.0, 2.0, len(state.units))[::-1]  # the last units: least
+    state.fisher[:] = 0                                               # just reset
+    schedule.masks.attach_masks(module, 1, torch.ones(len(state.units)))
+    pool = state.candidates()
+    first = pool[np.argmin(state.total[pool] / state.norm[pool])]
+    assert schedule.finish() > 0 and schedule.reached()
+    assert not state.alive[first]
+    gone = np.flatnonzero(~state.alive)
+    assert state.total[gone].mean() < state.total[state.alive].mean()
+
+
 def test_gfp_removes_round_to_chunks_and_keeps_one(task):
     """--round-to 4 on the 16-channel residual group: each removal takes the 4 alive units with
     the lowest F / ΔM together; the group keeps 4 channels at least (3 removals, then none)."""
