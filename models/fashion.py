@@ -34,9 +34,10 @@ or ``~/.cache/onnxprune/fashion``; per (name, epochs, seed, WEIGHTS_VERSION, tor
 ``.pt`` state_dict, a ``.json`` with the training record and one ``.onnx`` per exporter, all
 written atomically (`onnxprune.model.io.write_atomic`), training serialised by a lock file.
 
-CLI: ``python -m models.fashion train resnet20 [--epochs E] [--seed S] [--exporter X] [--fold-bn]``,
-``python -m models.fashion npz out.npz --split test --n 1000``,
-``python -m models.fashion eval model.onnx [--n N]``.
+CLI: ``python -m onnxprune.models.fashion train resnet20 [--epochs E] [--seed S] [--exporter X]
+[--fold-bn]``,
+``python -m onnxprune.models.fashion npz out.npz --split test --n 1000``,
+``python -m onnxprune.models.fashion eval model.onnx [--n N]``.
 """
 from __future__ import annotations
 
@@ -337,7 +338,7 @@ def evaluate_onnx(path: str | os.PathLike[str] | onnx.ModelProto, split: str = "
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.fashion", description=__doc__
+    parser = argparse.ArgumentParser(prog="python -m onnxprune.models.fashion", description=__doc__
                                      .split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train (once, cached), export, print test top-1 + path")

@@ -170,6 +170,9 @@ def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneCo
     returned keeps the original's dynamic dimensions unless `config.static_shape`
     (`_prove_signature`)."""
     recovers = config.finetune is not None or config.reconstructs(data is not None)
+    if config.min_agreement is not None and not recovers:
+        raise UserError("min_agreement judges a recovered model on held-out data: give data "
+                        "(and do not turn the refit off without fine-tuning)")
     recover = _recover_module() if recovers else None
     analysis = _analysis(model, config)
     start = time.perf_counter()
