@@ -34,7 +34,7 @@ from calibrate.datatypes import CalibrationData
 from calibrate.distributed import to_device, world
 from calibrate.executor import OnnxModule
 from calibrate.layers import Layer, layer_of
-from calibrate.lsq import Normal, choose
+from calibrate.lsq import Fit, Normal, choose
 from onnxprune.analysis.flow import Role
 from onnxprune.config import CalibrationConfig
 from onnxprune.model.batch import make_batch_free
@@ -273,9 +273,7 @@ def refit(original: onnx.ModelProto, pruned: onnx.ModelProto, slices, data: Cali
     return model, record
 
 
-def _solve(t: Target, pair):
-    from calibrate.lsq import Fit
-
+def _solve(t: Target, pair) -> Fit:
     if pair is None or pair[1].rows == 0 or pair[0].rows == 0:
         return Fit(None, None, float("nan"), float("nan"))
     return choose(pair[0], pair[1], t.layer.theta())
@@ -313,5 +311,10 @@ def _written(staged: onnx.ModelProto, targets: list[Target], fits: dict, added: 
 def _layer_record(t: Target, fit) -> dict:
     return {"node": t.layer.node, "op": t.layer.op, "groups": t.layer.groups, "sink": t.sink,
             "refit": fit.theta is not None, "lambda": fit.lam,
-            "held_error_before": round(fit.error_before, 6),
-            "held_error_after": round(fit.error_after, 6)}
+            "held_error_before": _finite(fit.error_before),
+            "held_error_after": _finite(fit.error_after)}
+
+
+def _finite(value: float) -> float | None:
+    """A relative error for the JSON report; None where there were no rows to measure it."""
+    return round(value, 6) if np.isfinite(value) else None
