@@ -6,8 +6,9 @@ Objectives (per batch, mean over samples):
               outputs, plus the mean squared error for every other float output;
 - labels:     L = CE(z_student, y) on the classifier output (`onnxprune.model.outputs`)
               + L_KD when a teacher is given (the original always is, by calibrate/recover.py:
-              on BN-folded ResNet-20, M 0.5, 5 epochs of 1,500 images, test top-1 90.4 % with
-              CE + KD against 87.0 % with CE alone, docs/recovery.md).
+              on BN-folded ResNet-20, M 0.5, 5 epochs of 1,500 images, test top-1 89.4 % with
+              CE + KD against 87.6 % with CE alone from the slice, 90.4 % with CE + KD from
+              the refit, where CE alone did not beat the refit itself; docs/recovery.md).
 SGD with Nesterov momentum (or AdamW); BatchNormalization in train mode (running statistics
 updated, ONNX momentum), and every Conv without one gets a BatchNorm for the time of training,
 folded back at the end (`calibrate.reparam`: BN-folded exports train as their BN-kept form).

@@ -38,6 +38,7 @@ from calibrate.lsq import Fit, Normal, choose
 from onnxprune.analysis.flow import Role
 from onnxprune.config import CalibrationConfig
 from onnxprune.model.batch import make_batch_free
+from onnxprune.verify.partial import restrict
 
 ROWS_PER_SAMPLE = 64
 HELD_EVERY = 5                   # every fifth sample chooses λ
@@ -157,31 +158,6 @@ def _input_of(model: onnx.ModelProto, weight: str) -> str:
     return next(n.input[0] for n in model.graph.node if len(n.input) > 1 and n.input[1] == weight)
 
 
-def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """The part of `model` that computes `outputs` (its graph outputs, in order): a pass
-    that needs the inputs of shallow layers does not run the whole network."""
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-    needed, stack = set(), list(outputs)
-    while stack:
-        index = producer.get(stack.pop())
-        if index is None or index in needed:
-            continue
-        needed.add(index)
-        stack.extend(name for name in model.graph.node[index].input if name)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    nodes = [n for i, n in enumerate(model.graph.node) if i in needed]
-    used = {name for n in nodes for name in n.input} | set(outputs)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)
-    del out.graph.output[:]
-    out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in outputs)
-    return out
-
-
 class _Pass:
     """One data pass: the inputs of a level's layers in both models, as rows of their
     problems (the two models are cut to compute just those inputs)."""
@@ -189,10 +165,8 @@ class _Pass:
     def __init__(self, level: list[Target], free_o: onnx.ModelProto, free_p: onnx.ModelProto,
                  device, seed: int):
         self.level = level
-        self.orig = OnnxModule(truncated(free_o, [_input_of(free_o, t.source.weight)
-                                                  for t in level])).to(device)
-        self.pruned = OnnxModule(truncated(free_p, [_input_of(free_p, t.layer.weight)
-                                                    for t in level])).to(device)
+        self.orig, self.index_o = _cut(free_o, [t.source.weight for t in level], device)
+        self.pruned, self.index_p = _cut(free_p, [t.layer.weight for t in level], device)
         self.gen = torch.Generator().manual_seed(seed)
         self.normals: dict[str, tuple[Normal, Normal]] = {}
         self.source_w = {t.layer.node: _weights(t.source, device) for t in level}
@@ -202,7 +176,8 @@ class _Pass:
         seen_o, seen_p = self.orig(**inputs), self.pruned(**inputs)
         n = len(next(iter(inputs.values())))
         held = torch.from_numpy((np.arange(first, first + n) % HELD_EVERY) == HELD_EVERY - 1)
-        for t, x_o, x_p in zip(self.level, seen_o, seen_p):
+        for t, i_o, i_p in zip(self.level, self.index_o, self.index_p):
+            x_o, x_p = seen_o[i_o], seen_p[i_p]
             name = t.layer.node
             y = t.source.output(x_o, *self.source_w[name])
             y = y[:, t.kept_out] if t.layer.op == "Conv" else y[..., t.kept_out]
@@ -212,6 +187,15 @@ class _Pass:
             pair = self.normals.setdefault(name, (_normal(t, x), _normal(t, x)))
             pair[0].add(x[:, ~mask], y[:, ~mask])
             pair[1].add(x[:, mask], y[:, mask])
+
+
+def _cut(model: onnx.ModelProto, weights: list[str], device) -> tuple[OnnxModule, list[int]]:
+    """The part of `model` that computes the inputs of the layers holding `weights` (a pass for
+    shallow layers does not run the whole network), and each layer's output index."""
+    names = [_input_of(model, w) for w in weights]
+    unique = list(dict.fromkeys(names))  # layers reading the same tensor share one output
+    module = OnnxModule(restrict(model, unique)).to(device)
+    return module, [unique.index(name) for name in names]
 
 
 def _normal(t: Target, x: torch.Tensor) -> Normal:
