@@ -1,4 +1,4 @@
-"""Real trained models worth pruning: ResNet-20 and a small MobileNetV2 on Fashion-MNIST.
+"""Real trained models worth pruning: ResNet-20 / -56 and a small MobileNetV2 on Fashion-MNIST.
 
 The zoo's random-weight models prove a pruner correct; these prove it useful (accuracy before
 and after pruning / fine-tuning). Data comes from :mod:`models.fashion_data`, the network
@@ -7,6 +7,7 @@ definitions from :mod:`models.fashion_nets`.
 - ``resnet20``: CIFAR ResNet-20 (He et al. 2016): 3x3 conv 16 + 3 stages x 3 basic blocks
   with 16 / 32 / 64 channels, option-B shortcuts (1x1 conv + BN) where the shape changes,
   global average pool, linear 10. On 1x28x28 the stages run at 28, 14 and 7 pixels.
+- ``resnet56``: the same with 9 basic blocks per stage (ResNet-56, 55 convs + linear).
 - ``mobilenetv2_small``: MobileNetV2 (Sandler et al. 2018) for 28x28: stem 3x3 conv 16
   stride 1, inverted residuals (t, c, n, s) = (1,16,1,1) (6,24,2,2) (6,32,3,2) (6,64,2,2)
   (6,96,1,1), 1x1 conv to 256, global average pool, linear 10; ReLU6, depthwise 3x3.
@@ -65,8 +66,8 @@ from onnxprune.models.fashion_data import MEAN, STD, load_fashion, to_input, wri
 from onnxprune.models.fashion_nets import MODELS, build_model
 from onnxprune.models.zoo import Exporter, quiet
 
-DEFAULT_EPOCHS = {"resnet20": 6, "mobilenetv2_small": 4}
-DEFAULT_LR = {"resnet20": 0.1, "mobilenetv2_small": 0.1}
+DEFAULT_EPOCHS = {"resnet20": 6, "resnet56": 4, "mobilenetv2_small": 4}
+DEFAULT_LR = {"resnet20": 0.1, "resnet56": 0.1, "mobilenetv2_small": 0.1}
 WEIGHTS_VERSION = 1  # bump when a model, the data pipeline or the training recipe changes
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 TORCHSCRIPT_OPSET, DYNAMO_OPSET = 17, 18

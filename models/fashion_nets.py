@@ -1,6 +1,7 @@
 """The Fashion-MNIST networks (definitions only; training and caching are in models/fashion.py).
 
 - ``resnet20``: CIFAR ResNet-20 (He et al. 2016) with option-B projection shortcuts.
+- ``resnet56``: the same with nine blocks per stage (ResNet-56, the pruning papers' CIFAR net).
 - ``mobilenetv2_small``: MobileNetV2 (Sandler et al. 2018) sized for 28x28 inputs.
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("resnet20", "mobilenetv2_small")
+MODELS = ("resnet20", "resnet56", "mobilenetv2_small")
 
 
 class BasicBlock(nn.Module):
@@ -111,6 +112,8 @@ def build_model(name: str) -> nn.Module:
     """A freshly initialised model (draws from torch's global RNG: seed it first)."""
     if name == "resnet20":
         return ResNet20()
+    if name == "resnet56":
+        return ResNet20(blocks=9)
     if name == "mobilenetv2_small":
         return MobileNetV2Small()
     raise ValueError(f"unknown Fashion-MNIST model {name!r}; choose from {', '.join(MODELS)}")

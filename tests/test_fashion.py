@@ -78,7 +78,7 @@ def test_forward_shapes(name):
     with torch.no_grad():
         assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(bns) == {"resnet20": 21, "mobilenetv2_small": 28}[name]
+    assert len(bns) == {"resnet20": 21, "resnet56": 57, "mobilenetv2_small": 28}[name]
 
 
 def test_resnet20_structure():
@@ -148,7 +148,8 @@ def test_export_keeps_batchnorm_and_matches_torch(name, exporter, tmp_path):
         expected = model(x).numpy()
     (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, {"input": x.numpy()})
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # the oracle's tolerance: ResNet-56's 27 blocks with random BN grow the logits large
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()), rtol=0)
 
 
 @needs_data
