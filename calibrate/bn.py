@@ -14,6 +14,7 @@ from __future__ import annotations
 import onnx
 import torch
 
+from calibrate.data import calibration_batches
 from calibrate.datatypes import CalibrationData
 from calibrate.distributed import all_reduce_sum, to_device, world
 from onnxprune.config import CalibrationConfig
@@ -37,9 +38,10 @@ def _recorders(module, model: onnx.ModelProto, sums: dict):
         module.input_transforms[(index, 0)] = record
 
 
-def recalibrate_bn(model: onnx.ModelProto, data: CalibrationData, config: CalibrationConfig
-                   ) -> tuple[onnx.ModelProto, int]:
-    """(model with re-estimated BN statistics, samples used). The model must be batch-free."""
+def recalibrate_bn(model: onnx.ModelProto, data: CalibrationData, config: CalibrationConfig,
+                   seed: int = 0) -> tuple[onnx.ModelProto, int]:
+    """(model with re-estimated BN statistics, samples used: `max_batches` batches drawn with
+    `seed`). The model must be batch-free."""
     from calibrate.executor import OnnxModule
 
     free, why = make_batch_free(model)
@@ -51,8 +53,7 @@ def recalibrate_bn(model: onnx.ModelProto, data: CalibrationData, config: Calibr
     _recorders(module, free, sums)
     seen = 0
     with torch.no_grad():
-        for batch in data.batches(config.batch_size, config.max_batches, rank=w.rank,
-                                  world_size=w.size):
+        for batch in calibration_batches(data, config, seed, w.rank, w.size):
             module(**to_device(batch.inputs, w.device))
             seen += len(next(iter(batch.inputs.values())))
     buffers = module.buffers_by_name

@@ -39,20 +39,21 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from calibrate.datatypes import Batch, CalibrationData, ChannelOrder, ImageOptions
+from onnxprune.config import CalibrationConfig
 from onnxprune.errors import UserError, first_line
 from onnxprune.model.graph import InputSpec, input_specs
 
 # the public names of the data types (calibrate.datatypes) and of the model's inputs
 # (onnxprune.model.graph) are re-exported: `from calibrate.data import ...` is the entry point
 __all__ = ["LABELS", "Batch", "CalibrationData", "ChannelOrder", "ImageOptions", "InputSpec",
-           "input_specs", "open_data", "parse_floats", "parse_hw"]
+           "calibration_batches", "input_specs", "open_data", "parse_floats", "parse_hw"]
 
 LABELS = "labels"
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # what np.load raises
@@ -83,6 +84,16 @@ def open_data(source: Any, specs: list[InputSpec], options: ImageOptions | None 
     if not isinstance(source, Iterable):
         raise UserError(f"cannot read data from a {type(source).__name__}")
     return _open_iterable(source, specs, no_labels)
+
+
+def calibration_batches(data: CalibrationData, config: CalibrationConfig, seed: int,
+                        rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """The batches a calibration step reads (scoring, the refit, BN statistics): with
+    `max_batches`, that many drawn from the whole data set by `seed` (each seed its own
+    subset, the same one for every step of a run); without, all of it, in order."""
+    subset = config.max_batches is not None
+    return data.batches(config.batch_size, config.max_batches, shuffle=subset, seed=seed,
+                        rank=rank, world_size=world_size)
 
 
 def parse_floats(text: str, n: int | None = None) -> tuple[float, ...]:

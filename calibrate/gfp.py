@@ -26,7 +26,13 @@ import torch
 from calibrate.distributed import World, all_reduce_sum
 from calibrate.sites import mask_sites, scored_units
 from calibrate.statistics import SiteMasks
-from onnxprune.plan.planner import Removal, chunk_shape, cost_value, unit_normaliser
+from onnxprune.plan.planner import (
+    Removal,
+    chunk_shape,
+    cost_value,
+    fewest_reaching,
+    unit_normaliser,
+)
 
 
 @dataclass
@@ -81,7 +87,8 @@ class GfpState:
             chunks = [self.next_chunk(int(g)) for g in open_groups]
             scores = [self.fisher[c].sum() / self.norm[c].sum() for c in chunks]
             best = int(np.argmin(scores))
-            cols = chunks[best]
+            cols = chunks[best]  # the chunk that crosses the target goes only as far as needed
+            cols = cols[:len(fewest_reaching(self.units[cols], self.removal, self.cost, self.goal))]
             self.alive[cols] = False
             self.chunks_left[open_groups[best]] -= 1
             self.removal.remove(self.units[cols])
@@ -98,7 +105,7 @@ def _state(analysis, config, units: np.ndarray) -> GfpState:
     members, chunk, chunks_left = [], [], []
     for g in analysis.groups:
         cols = np.array([column[int(u)] for u in g.units if int(u) in column], dtype=np.int64)
-        size, keep = chunk_shape(g, config.round_to)
+        size, keep = chunk_shape(g, config.round_to, config.max_prune_share)
         members.append(cols)
         chunk.append(size)
         chunks_left.append(max(0, min(len(cols), len(g.units) - keep)) // size)

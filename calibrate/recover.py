@@ -125,7 +125,8 @@ def _gfp(analysis, config, data, w, steps, progress):
 
 def reachable_check(analysis, config: PruneConfig) -> None:
     """Fail before any training when the target is below what can be removed."""
-    floor = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, config.round_to)
+    floor = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, config.round_to,
+                              config.max_prune_share)
     before = analysis.costs.costs()
     kind = config.target.kind
     if cost_value(floor, kind) > config.target.fraction * cost_value(before, kind):

@@ -30,6 +30,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from calibrate.data import calibration_batches
 from calibrate.datatypes import CalibrationData
 from calibrate.distributed import to_device, world
 from calibrate.executor import OnnxModule
@@ -241,7 +242,7 @@ def refit(original: onnx.ModelProto, pruned: onnx.ModelProto, slices, data: Cali
             group = [t for t in targets if t.level == level]
             run = _Pass(group, free_o, free_p, device, seed + level)
             samples = 0
-            for batch in data.batches(config.batch_size, config.max_batches):
+            for batch in calibration_batches(data, config, seed):  # same subset each level
                 run.add(to_device(batch.inputs, device), samples)
                 samples += len(next(iter(batch.inputs.values())))
             peak = max(peak, sum(a.nbytes + b.nbytes for a, b in run.normals.values()))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from calibrate.data import Batch, CalibrationData
+from calibrate.data import Batch, CalibrationData, calibration_batches
 from calibrate.distributed import World, all_reduce_sum, to_device, world
 from calibrate.executor import OnnxModule
 from calibrate.losses import per_sample_loss
@@ -38,21 +38,25 @@ class CalibrationResult:
     mode: str                 # "batched" or "one sample at a time: <why>"
     world_size: int
     sites: int
+    rounds: int = 1           # scoring passes (iterative scoring: api._iterative_plan)
 
     def as_dict(self) -> dict:
         return {"criterion": self.criterion.value, "data": self.data, "samples": self.samples,
                 "batches": self.batches, "seconds": round(self.seconds, 3),
                 "labels": self.labels, "mode": self.mode, "processes": self.world_size,
-                "mask_sites": self.sites}
+                "mask_sites": self.sites, "rounds": self.rounds}
 
 
 class _Pass:
     """State of one calibration pass over the data."""
 
-    def __init__(self, channels: Channels, criterion: Criterion, w: World, seed: int):
+    def __init__(self, channels: Channels, criterion: Criterion, w: World, seed: int,
+                 removed: np.ndarray | None):
         self.criterion, self.world, self.seed = criterion, w, seed
         sites = mask_sites(channels)
         self.units = scored_units(sites, channels.blocked)
+        self.keep = None if removed is None else torch.from_numpy(
+            (~removed[self.units]).astype(np.float32))
         model, self.why_single = make_batch_free(channels.model)
         self.module = OnnxModule(model).to(w.device).eval()
         for p in self.module.parameters():
@@ -93,7 +97,7 @@ class _Pass:
 
     def _gradients(self, inputs, labels, generator) -> torch.Tensor:
         n = len(next(iter(inputs.values())))
-        mask = self.masks.attach_masks(self.module, n)
+        mask = self.masks.attach_masks(self.module, n, self.keep)
         outputs = self.module(**inputs)
         loss = per_sample_loss(outputs, self.kinds, labels, generator).sum()
         (grad,) = torch.autograd.grad(loss, mask, allow_unused=True)
@@ -114,14 +118,17 @@ def _labels_text(data: CalibrationData, criterion: Criterion) -> str:
 
 
 def data_scores(channels: Channels, criterion: Criterion, data: CalibrationData,
-                config: CalibrationConfig, seed: int = 0) -> CalibrationResult:
-    """Score every unit of `channels` with fisher, hrank or taylor on `data`."""
+                config: CalibrationConfig, seed: int = 0,
+                removed: np.ndarray | None = None) -> CalibrationResult:
+    """Score every unit of `channels` with fisher, hrank or taylor on `data`: `max_batches`
+    batches drawn with `seed` (a seed's subset, not the first samples). `removed` units (fisher,
+    taylor) are masked to zero while scoring, as if pruned (iterative scoring); HRank reads the
+    maps of the unmasked model."""
     w = world(config.device)
-    state = _Pass(channels, criterion, w, seed)
+    state = _Pass(channels, criterion, w, seed, removed)
     total = _batch_count(data, config)
     progress = Progress(f"calibrate ({criterion.value})", total, config.progress and w.is_main)
-    for k, batch in enumerate(data.batches(config.batch_size, config.max_batches,
-                                           rank=w.rank, world_size=w.size)):
+    for k, batch in enumerate(calibration_batches(data, config, seed, w.rank, w.size)):
         state.run(batch, w.rank + k * w.size)
         progress.update(len(next(iter(batch.inputs.values()))) * w.size)
     unit_scores = state.finish()

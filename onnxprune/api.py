@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,16 +22,18 @@ from onnxprune.analysis.groups import LayerGroup, layer_groups
 from onnxprune.analysis.keep import keep_requested
 from onnxprune.analysis.normalize import normalize
 from onnxprune.analysis.units import Channels, find_channels
-from onnxprune.config import Criterion, PruneConfig, Schedule
+from onnxprune.config import Criterion, PruneConfig, Schedule, Target
 from onnxprune.errors import UserError, first_line
 from onnxprune.model.external import sources
 from onnxprune.model.graph import input_specs, recorded_shapes, static_input_shapes
 from onnxprune.model.io import load
 from onnxprune.plan.importance import data_free_scores
 from onnxprune.plan.planner import Plan, plan_pruning, plan_uniform_rate
+from onnxprune.plan.rounds import plan_in_rounds
 from onnxprune.rewrite.share import reshare
 from onnxprune.rewrite.signature import SecondShape, ShapeCheck, Signature, signature
 from onnxprune.rewrite.surgery import Slice, apply_plan
+from onnxprune.rewrite.unslice import unslice
 from onnxprune.verify.oracle import Verdict, verify
 
 if TYPE_CHECKING:  # torch-side result types; calibrate is imported only when used
@@ -134,19 +136,48 @@ def _open_data(analysis: Analysis, config: PruneConfig, scores: np.ndarray | Non
     return train, held
 
 
-def _data_scores(analysis: Analysis, config: PruneConfig, data):
-    """Fisher / HRank / Taylor on `data` (opened), computed in torch by the calibrate package."""
+def _plan_on_data(analysis: Analysis, config: PruneConfig, data
+                  ) -> tuple[Plan, np.ndarray, CalibrationResult]:
+    """Fisher / HRank / Taylor on `data` (opened), computed in torch by the calibrate package,
+    in `config.calibration.rounds` rounds (plan/rounds.py; HRank's fixed per-layer rates take
+    one)."""
     from calibrate.scoring import data_scores
 
-    return data_scores(analysis.channels, config.criterion, data, config.calibration,
-                       config.seed)
+    passes: list[CalibrationResult] = []
+    refits = config.reconstructs(True)
+
+    def score(gone: np.ndarray | None) -> np.ndarray:
+        channels = analysis.channels
+        if gone is not None and refits:
+            channels = _refit_channels(analysis, config, data, gone)
+        passes.append(data_scores(channels, config.criterion, data, config.calibration,
+                                  config.seed, gone))
+        return passes[-1].scores
+
+    rounds = 1 if config.criterion is Criterion.HRANK else config.calibration.rounds
+    plan, scores = plan_in_rounds(config.target, rounds, score,
+                                  lambda s, target, gone: _plan(analysis, config, s, target, gone))
+    calibration = replace(passes[-1], seconds=sum(p.seconds for p in passes),
+                          rounds=len(passes))
+    return plan, scores, calibration
 
 
-def _plan(analysis: Analysis, config: PruneConfig, scores: np.ndarray) -> Plan:
-    args = (analysis.channels, analysis.groups, analysis.costs, scores, config.target)
+def _refit_channels(analysis: Analysis, config: PruneConfig, data, gone: np.ndarray) -> Channels:
+    """The channel analysis holding the refit slice's weights (rewrite/unslice.py): what the
+    next round scores, so that it judges the network the refit will give, not a broken one."""
+    from calibrate.refit import refit
+
+    sliced, slices = apply_plan(analysis.channels, gone)
+    fitted, _ = refit(analysis.model, sliced, slices, data, config.calibration, config.seed)
+    return replace(analysis.channels, model=unslice(analysis.model, fitted, slices))
+
+
+def _plan(analysis: Analysis, config: PruneConfig, scores: np.ndarray,
+          target: Target | None = None, gone: np.ndarray | None = None) -> Plan:
+    args = (analysis.channels, analysis.groups, analysis.costs, scores, target or config.target)
     if config.criterion is Criterion.HRANK:  # HRank's per-layer rates (planner docstring)
-        return plan_uniform_rate(*args, config.round_to)
-    return plan_pruning(*args, config.normalize, config.round_to)
+        return plan_uniform_rate(*args, config.round_to, config.max_prune_share)
+    return plan_pruning(*args, config.normalize, config.round_to, config.max_prune_share, gone)
 
 
 def prune(model: onnx.ModelProto | str | os.PathLike | Analysis, config: PruneConfig,
@@ -262,15 +293,17 @@ def _prune_oneshot(analysis: Analysis, config: PruneConfig, scores: np.ndarray |
         attach(analysis, config.latency, config.seed)
         timings["latency_table"] = time.perf_counter() - tick
     calibration = None
-    if scores is None and config.criterion.needs_data:
-        calibration = _data_scores(analysis, config, data)
-        scores = calibration.scores
-        timings["calibrate"] = calibration.seconds
-    elif scores is None:
-        scores = data_free_scores(analysis.channels, config.criterion, config.seed)
     tick = time.perf_counter()
-    plan = _plan(analysis, config, scores)
-    timings["plan"] = time.perf_counter() - tick
+    if scores is None and config.criterion.needs_data:
+        plan, scores, calibration = _plan_on_data(analysis, config, data)
+        timings["calibrate"] = calibration.seconds
+        timings["plan"] = time.perf_counter() - tick - calibration.seconds
+    else:
+        if scores is None:
+            scores = data_free_scores(analysis.channels, config.criterion, config.seed,
+                                      analysis.groups)
+        plan = _plan(analysis, config, scores)
+        timings["plan"] = time.perf_counter() - tick
     tick = time.perf_counter()
     pruned, slices = apply_plan(analysis.channels, plan.removed)
     timings["surgery"] = time.perf_counter() - tick
@@ -285,7 +318,8 @@ def _recalibrate_bn(result: PruneResult, config: PruneConfig, data) -> None:
     from calibrate.bn import recalibrate_bn
 
     tick = time.perf_counter()
-    result.model, result.bn_samples = recalibrate_bn(result.model, data, config.calibration)
+    result.model, result.bn_samples = recalibrate_bn(result.model, data, config.calibration,
+                                                     config.seed)
     result.timings["recalibrate_bn"] = time.perf_counter() - tick
 
 

@@ -38,6 +38,7 @@ class Quantize(enum.Enum):
 class Criterion(enum.Enum):
     L1 = "l1"
     L2 = "l2"
+    LAMP = "lamp"
     RANDOM = "random"
     FISHER = "fisher"
     HRANK = "hrank"
@@ -46,6 +47,10 @@ class Criterion(enum.Enum):
     @property
     def needs_data(self) -> bool:
         return self in (Criterion.FISHER, Criterion.HRANK, Criterion.TAYLOR)
+
+
+DEFAULT_ROUNDS = 4          # iterative scoring: chosen in docs/recovery.md ("Choosing")
+DEFAULT_MAX_PRUNE_SHARE = 0.9  # a layer group keeps >= 10 % of its channels (ibid.)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class CalibrationConfig:
     device: str | None = None        # "cpu" / "cuda"; default: cuda when available
     image: ImageOptions | None = None  # image folders: resize, crop, normalise
     recalibrate_bn: bool = False     # re-estimate BN statistics of the slice (calibrate/bn.py)
+    rounds: int = DEFAULT_ROUNDS     # fisher / taylor: remove in this many rounds, re-scoring
+                                     # with the removed units masked before each (api.py)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,8 @@ class PruneConfig:
     criterion: Criterion = Criterion.L1
     normalize: Normalize = Normalize.MEM
     round_to: int = 8
-    seed: int = 0
+    max_prune_share: float = DEFAULT_MAX_PRUNE_SHARE  # a layer group loses at most this share
+    seed: int = 0                # random scores, the calibration subset, the held-out share
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     verify_runs: int = 2
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -217,3 +217,50 @@ def test_zoo_prunes_with_fisher(name, exporter):
     result = prune(str(path), config, data=[{"input": x}])
     assert result.plan.after.mem <= 0.6 * result.plan.before.mem
     assert result.calibration.samples == 4 and result.verdict.error <= 1e-4
+
+
+def test_the_calibration_subset_is_drawn_by_the_seed(setup):
+    """Each seed scores on its own `max_batches` subset; the whole data set ignores the seed."""
+    _, _, analysis, x, y = setup
+    data = open_data([({"x": x}, y)], input_specs(analysis.model))
+    one_batch = CalibrationConfig(batch_size=BATCH, max_batches=1)
+    runs = [data_scores(analysis.channels, Criterion.FISHER, data, one_batch, seed).scores
+            for seed in (0, 0, 1)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+    whole = CalibrationConfig(batch_size=BATCH, max_batches=None)
+    np.testing.assert_allclose(
+        data_scores(analysis.channels, Criterion.FISHER, data, whole, 0).scores,
+        data_scores(analysis.channels, Criterion.FISHER, data, whole, 5).scores, rtol=1e-6)
+
+
+def test_removed_units_are_masked_while_scoring(setup):
+    """Iterative scoring: a removed unit scores 0 and its neighbours see the masked network,
+    which is the original with the unit's sink weights zeroed (the oracle's definition)."""
+    net, _, analysis, x, y = setup
+    units = _units(analysis)
+    removed = np.zeros(analysis.channels.n_components, dtype=bool)
+    removed[units["cat"][:3]] = True
+    data = open_data([({"x": x}, y)], input_specs(analysis.model))
+    config = CalibrationConfig(batch_size=BATCH, max_batches=None)
+    masked = data_scores(analysis.channels, Criterion.FISHER, data, config, 0, removed).scores
+    full = data_scores(analysis.channels, Criterion.FISHER, data, config, 0).scores
+    assert (masked[units["cat"][:3]] == 0).all() and (full[units["cat"][:3]] > 0).all()
+    zeroed = Coupled().eval()
+    zeroed.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        zeroed.fc.weight[:, :3] = 0
+    ref = _scores(analyze(_onnx(zeroed)), x, y, Criterion.FISHER).scores
+    rest = units["res"]
+    np.testing.assert_allclose(masked[rest], ref[rest], rtol=1e-4)
+
+
+def test_prune_in_rounds_records_each_round(setup):
+    _, model, _, x, y = setup
+    config = PruneConfig(Target(TargetKind.MEM, 0.6), criterion=Criterion.FISHER, round_to=1,
+                         calibration=CalibrationConfig(batch_size=BATCH, rounds=3))
+    result = prune(model, config, data=[({"x": x}, y)])
+    assert result.calibration.rounds == 3 and len(result.plan.rounds) == 3
+    assert [r["target"] for r in result.plan.rounds] == pytest.approx([13 / 15, 11 / 15, 0.6])
+    assert result.plan.after.mem <= 0.6 * result.plan.before.mem
+    assert result.verdict.error <= 1e-4

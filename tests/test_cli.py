@@ -66,6 +66,18 @@ def test_analyze_prints_groups_and_minimums(model_path, capsys):
     text = capsys.readouterr().out
     assert "prunable" in text and "blocked: graph input" in text
     assert "--target-mem" in text and "reachable minimum" in text
+    assert main(["analyze", str(model_path), "--max-prune-share", "0.5", "--round-to", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "keeps >= 16" in text and "at least 50% of its channels" in text
+
+
+def test_prune_meets_the_target_within_one_unit_and_says_by_how_much(model_path, capsys):
+    report = model_path.parent / "report.json"
+    assert main([str(model_path), "--target-mem", "0.5", "--report", str(report)]) == 0
+    record = json.loads(report.read_text())
+    reached = record["after"]["mem"] / record["before"]["mem"]
+    assert record["plan"]["excess"] == pytest.approx(0.5 - reached)
+    assert record["options"]["max_prune_share"] == 0.9
 
 
 def _bad_inputs(tmp):
@@ -83,7 +95,7 @@ def _bad_inputs(tmp):
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "text", "random bytes",
                                   "zero", "negative", "one", "nan", "word", "no target",
                                   "two targets", "no folder", "same path", "bad shape",
-                                  "unreachable", "bad round"])
+                                  "unreachable", "bad round", "bad share", "share above 1"])
 def test_user_errors_are_one_line_exit_2_nothing_written(case, model_path, tmp_path, capsys):
     m = str(model_path)
     argv = {**_bad_inputs(tmp_path),
@@ -95,7 +107,9 @@ def test_user_errors_are_one_line_exit_2_nothing_written(case, model_path, tmp_p
             "same path": [m, "--target-mem", "0.5", "-o", m],
             "bad shape": [m, "--target-mem", "0.5", "--input-shape", "1x3xbig"],
             "unreachable": [m, "--target-mem", "0.001"],
-            "bad round": [m, "--target-mem", "0.5", "--round-to", "0"]}[case]
+            "bad round": [m, "--target-mem", "0.5", "--round-to", "0"],
+            "bad share": [m, "--target-mem", "0.5", "--max-prune-share", "0"],
+            "share above 1": [m, "--target-mem", "0.5", "--max-prune-share", "1.5"]}[case]
     before = _files(tmp_path)
     original = model_path.read_bytes()
     assert main(argv) == 2

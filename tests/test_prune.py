@@ -37,13 +37,17 @@ def test_tensors_are_really_narrower():
     assert sum(np.prod(d) for d in after.values()) < sum(np.prod(d) for d in before.values())
 
 
-def test_rounding_keeps_multiples_of_n():
+def test_rounding_keeps_multiples_of_n_but_in_the_last_group_cut():
+    """--round-to is a preference: only the chunk that crosses the target may stop early."""
     result = prune(small_resnet(width=32), _config(fraction=0.7, round_to=8))
+    off = 0
     for group in result.analysis.groups:
         if not group.blocked:
             gone = result.plan.removed[group.units].sum()
             kept = (len(group.units) - gone) * group.channels_per_unit
-            assert kept % 8 == 0 and kept >= 8
+            assert kept >= 8
+            off += kept % 8 != 0
+    assert off <= 1
 
 
 def test_normalisers_change_the_plan():

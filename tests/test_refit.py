@@ -193,3 +193,34 @@ def test_cli_no_reconstruct_and_min_agreement(resnet):
     run = _cli("m.onnx", "--target-mem", "0.5", "--min-agreement", "0.5", "-o", "r.onnx",
                cwd=resnet)
     assert run.returncode == 2 and "--data" in run.stderr
+
+
+def test_unslice_puts_a_refit_slice_back_in_the_original_graph():
+    """Iterative scoring scores the refit slice on the original's channel analysis: the
+    original graph holding the refit weights (zeros at removed channels, and the bias a refit
+    added, expanded along the outputs its conv lost) computes what the refit slice computes."""
+    from onnxprune.rewrite.unslice import unslice
+
+    a, sa = conv("x", "a", "wa", 4, 8, k=3)
+    b, sb = conv("ra", "b", "wb", 8, 8, k=3)   # no bias: the refit adds one
+    c, sc = conv("rb", "y", "wc", 8, 6, k=3, bias="bc")
+    model = make([a, node("Relu", ["a"], ["ra"]), b, node("Relu", ["b"], ["rb"]), c],
+                 {"x": [1, 4, 6, 6]}, ["y"], {**sa, **sb, **sc})
+    units, analysis = Units(model), analyze(model)
+    removed = np.zeros(units.channels.n_components, bool)
+    removed[units.of("a")[[0, 5]]] = True
+    removed[units.of("b")[[1, 2, 7]]] = True
+    pruned, slices = apply_plan(analysis.channels, removed)
+    x = np.random.default_rng(4).standard_normal((N, 4, 6, 6)).astype(np.float32)
+    data = open_data([{"x": x}], input_specs(analysis.model), None)
+    fitted, record = refit(analysis.model, pruned, slices, data,
+                           CalibrationConfig(batch_size=16, max_batches=None))
+    assert len(fitted.graph.node[2].input) == 3 and record["refit_layers"] >= 2
+    back = unslice(analysis.model, fitted, slices)
+    onnx.checker.check_model(back, full_check=True)
+    feed = {"x": x[:1]}
+    want = session(fitted).run(None, feed)[0]
+    got = session(back).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    shapes = {i.name: tuple(i.dims) for i in back.graph.initializer}
+    assert shapes["wb"] == (8, 8, 3, 3) and shapes[fitted.graph.node[2].input[2]] == (8,)

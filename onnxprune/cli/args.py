@@ -13,6 +13,7 @@ import math
 from onnxprune.bench.base import BackendKind
 from onnxprune.cli.data import calibration, criterion, finetune, recovery
 from onnxprune.config import (
+    DEFAULT_MAX_PRUNE_SHARE,
     Criterion,
     LatencyConfig,
     Normalize,
@@ -33,14 +34,29 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 < value < 1):
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    value = _number(text)
+    if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a fraction strictly between 0 and 1")
+    return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 1]")
     return value
 
 
@@ -59,6 +75,17 @@ def add_shape(p: argparse.ArgumentParser, writes: bool = True) -> None:
     p.add_argument("--keep", nargs="+", action="extend", default=[], metavar="NAME",
                    help="tensors or nodes whose channels must stay (a node keeps its output "
                         "channels); shown by analyze as kept by request")
+
+
+def add_planning(p: argparse.ArgumentParser) -> None:
+    """--round-to and --max-prune-share: how the planner may cut a layer group."""
+    p.add_argument("--round-to", type=int, default=8, metavar="N",
+                   help="keep each layer group a multiple of N channels where it was one "
+                        "(default 8; 1 turns rounding off; the last group cut may leave it to "
+                        "meet the target exactly)")
+    p.add_argument("--max-prune-share", type=share, default=DEFAULT_MAX_PRUNE_SHARE,
+                   metavar="F", help="a layer group loses at most this share of its channels "
+                   f"(default {DEFAULT_MAX_PRUNE_SHARE:g}; 1: down to one --round-to unit)")
 
 
 def input_shapes(args, model) -> dict[str, tuple[int, ...]]:
@@ -123,6 +150,7 @@ def prune_config(args, target: Target, shapes: dict[str, tuple[int, ...]],
     recovers = hasattr(args, "finetune_steps")
     return PruneConfig(target=target, criterion=criterion(args),  # checks in this order
                        normalize=normalize(args, target.kind), round_to=args.round_to,
+                       max_prune_share=args.max_prune_share,
                        seed=args.seed, input_shapes=shapes, calibration=calibration(args),
                        finetune=finetune(args) if recovers else None,
                        latency=latency, keep=tuple(args.keep), quantize=quantize(args),

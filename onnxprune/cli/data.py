@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.config import CalibrationConfig, Criterion, FinetuneConfig, Optimizer, Schedule
+from onnxprune.config import (
+    DEFAULT_ROUNDS,
+    CalibrationConfig,
+    Criterion,
+    FinetuneConfig,
+    Optimizer,
+    Schedule,
+)
 from onnxprune.errors import UserError
 
 
@@ -17,6 +24,10 @@ def add_data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--batch-size", type=int, default=32, metavar="N")
     d.add_argument("--calib-batches", type=int, default=32, metavar="N",
                    help="batches to score on (default 32; 0: the whole data set)")
+    d.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+                   help="fisher / taylor: remove in N rounds, re-scoring before each with the "
+                        f"removed channels masked (default {DEFAULT_ROUNDS}; N scoring passes; "
+                        "1: one-shot scores)")
     d.add_argument("--no-labels", action="store_true",
                    help="ignore labels: Fisher samples them from the model's predictions")
     d.add_argument("--resize", metavar="H[xW]", help="images: resize the shorter side to H "
@@ -93,13 +104,13 @@ def image_options(args):
 def calibration(args) -> CalibrationConfig:
     if args.recalibrate_bn and not args.data:
         raise UserError("--recalibrate-bn needs data: --data PATH")
-    for flag, value in (("--batch-size", args.batch_size), ("--calib-batches", args.calib_batches)):
-        if value < (1 if flag == "--batch-size" else 0):
-            raise UserError(f"{flag} {value}: must be >= {1 if flag == '--batch-size' else 0}")
+    _positive("--batch-size", args.batch_size)
+    _positive("--calib-batches", args.calib_batches, 0)
+    _positive("--rounds", args.rounds)
     return CalibrationConfig(batch_size=args.batch_size,
                              max_batches=args.calib_batches or None, no_labels=args.no_labels,
                              progress=True, device=args.device, image=image_options(args),
-                             recalibrate_bn=args.recalibrate_bn)
+                             recalibrate_bn=args.recalibrate_bn, rounds=args.rounds)
 
 
 def _positive(flag: str, value, minimum=1):

@@ -20,6 +20,7 @@ from onnxprune.cli.args import (
     CRITERIA,
     Parser,
     add_bench,
+    add_planning,
     add_shape,
     fraction,
     input_shapes,
@@ -51,9 +52,7 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=[n.value for n in Normalize], default=None,
                    help="divide each unit's importance by the memory (default), MACs or "
                         "latency (default with --target-latency) it removes, or by nothing")
-    p.add_argument("--round-to", type=int, default=8, metavar="N",
-                   help="keep each layer group a multiple of N channels where it was one "
-                        "(default 8; 1 turns rounding off)")
+    add_planning(p)
     add_shape(p)
     p.add_argument("--report", metavar="JSON", help="write a machine-readable record")
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and inputs")
@@ -87,7 +86,7 @@ def analyze_parser() -> argparse.ArgumentParser:
                "each target can reach.")
     p.add_argument("model")
     add_shape(p, writes=False)
-    p.add_argument("--round-to", type=int, default=8, metavar="N")
+    add_planning(p)
     return p
 
 
@@ -160,8 +159,9 @@ def run_analyze(argv: list[str]) -> int:
     args = analyze_parser().parse_args(argv)
     model = load(args.model)
     analysis = analyze(model, input_shapes(args, model), args.keep)
-    minimum = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, args.round_to)
-    print(analysis_text(analysis, minimum))
+    minimum = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, args.round_to,
+                                args.max_prune_share)
+    print(analysis_text(analysis, minimum, (args.round_to, args.max_prune_share)))
     return 0
 
 

@@ -31,6 +31,7 @@ from onnxprune.cli.args import (
     CRITERIA,
     Parser,
     add_bench,
+    add_planning,
     add_shape,
     fraction,
     input_shapes,
@@ -160,7 +161,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, default=None,
                    help="as for the prune command (default: fisher with --data, else l1)")
     p.add_argument("--normalize", choices=[n.value for n in Normalize], default=None)
-    p.add_argument("--round-to", type=int, default=8, metavar="N")
+    add_planning(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: <model>.sweep)")
     p.add_argument("--seed", type=int, default=0)
     add_shape(p)

@@ -2,6 +2,11 @@
 
 - l1:  I_u = Σ_{producers p of u} Σ |W_p[i_u, ...]|      (norm of the unit's producer slices)
 - l2:  I_u = Σ_{producers p of u} sqrt(Σ W_p[i_u, ...]²)
+- lamp:  layer-adaptive magnitude (Lee et al., ICLR 2021, "LAMP"), per channel unit: with the
+         units of a layer group sorted by their l2 score, n_1 <= n_2 <= ... <= n_k,
+         I_(i) = n_i² / Σ_{j >= i} n_j². Scores lie in (0, 1], the strongest unit of every
+         group scores 1, so groups compare on how a unit stands within its own layer rather
+         than on raw norms, which differ across layers by orders of magnitude.
 - random: I_u ~ U(0, 1), seeded — the baseline every benchmark includes.
 
 Producers are the initializer axes a rule declared with Role.PRODUCER (Conv W rows and bias,
@@ -61,10 +66,27 @@ def _weight(inits: dict, name: str, quantized: dict[str, Dequantized]) -> np.nda
     return d.value(value, external.value(inits[d.scale]), zero)
 
 
-def data_free_scores(channels: Channels, criterion: Criterion, seed: int) -> np.ndarray:
-    """One score per component (blocked ones included; the planner skips them)."""
+def lamp_scores(l2: np.ndarray, groups) -> np.ndarray:
+    """LAMP of every unit within its layer group (module docstring); units of no group keep
+    their l2 score (they are blocked, never planned)."""
+    out = l2.astype(np.float64).copy()
+    for group in groups:
+        units = group.units
+        order = np.argsort(l2[units], kind="stable")
+        squares = np.square(l2[units][order].astype(np.float64))
+        tails = np.cumsum(squares[::-1])[::-1]
+        out[units[order]] = squares / np.maximum(tails, 1e-300)
+    return out
+
+
+def data_free_scores(channels: Channels, criterion: Criterion, seed: int,
+                     groups=None) -> np.ndarray:
+    """One score per component (blocked ones included; the planner skips them). LAMP needs
+    the layer `groups`."""
     if criterion is Criterion.RANDOM:
         return np.random.default_rng(seed).random(channels.n_components)
     if criterion in (Criterion.L1, Criterion.L2):
         return magnitude_scores(channels, criterion)
+    if criterion is Criterion.LAMP:
+        return lamp_scores(magnitude_scores(channels, Criterion.L2), groups or [])
     raise UserError(f"--criterion {criterion.value} needs calibration data (--data)")

@@ -11,6 +11,7 @@ from onnxprune.analysis.cost import Costs, stored_costs
 from onnxprune.analysis.units import RuleError
 from onnxprune.config import PruneConfig
 from onnxprune.model.graph import format_input_shapes
+from onnxprune.plan.planner import chunk_shape
 from onnxprune.verify.oracle import TOLERANCE
 
 if TYPE_CHECKING:
@@ -21,8 +22,10 @@ _COST_NAMES = (("mem", "M (feature-map elements)"), ("macs", "MACs"), ("params",
 
 
 def group_records(analysis: Analysis, removed: np.ndarray | None = None,
-                  scores: np.ndarray | None = None) -> list[dict]:
-    """One record per layer group; with `scores`, each unit's score (in `units` order).
+                  scores: np.ndarray | None = None,
+                  floor: tuple[int, float] | None = None) -> list[dict]:
+    """One record per layer group; with `scores`, each unit's score (in `units` order); with
+    `floor` = (round_to, max_prune_share), the channels the planner keeps at least (`min_kept`).
     `reasons` are structural; `rule_errors` are blocks caused by a bug in an op rule."""
     mem = np.bincount(analysis.channels.labels, weights=analysis.costs.per_node_mem(),
                       minlength=analysis.channels.n_components)
@@ -33,6 +36,7 @@ def group_records(analysis: Analysis, removed: np.ndarray | None = None,
             "index": g.index, "channels": g.channels,
             "kept": (len(g.units) - gone) * g.channels_per_unit,
             "units": len(g.units), "prunable": not g.blocked,
+            **({"min_kept": chunk_shape(g, *floor)[1] * g.channels_per_unit} if floor else {}),
             "mem": int(mem[g.units].sum()), "tensors": list(g.tensors), "reasons": g.reasons,
             "rule_errors": g.rule_errors,
         })
@@ -51,23 +55,28 @@ def prune_record(result: PruneResult, config: PruneConfig, source: str, output: 
         "options": {"target": {"kind": config.target.kind.value,
                                "fraction": config.target.fraction},
                     "criterion": config.criterion.value, "normalize": config.normalize.value,
-                    "round_to": config.round_to, "seed": config.seed,
+                    "round_to": config.round_to, "max_prune_share": config.max_prune_share,
+                    "seed": config.seed,
                     "calibration": {"batch_size": config.calibration.batch_size,
                                     "max_batches": config.calibration.max_batches,
-                                    "no_labels": config.calibration.no_labels},
+                                    "no_labels": config.calibration.no_labels,
+                                    "rounds": config.calibration.rounds},
                     "finetune": _finetune_options(config.finetune),
                     "input_shapes": {k: list(v) for k, v in config.input_shapes.items()},
                     "keep": list(config.keep),
                     "quantize": config.quantize.value if config.quantize else None},
         "before": before, "after": after,
         "ratio": {k: (after[k] / before[k] if before[k] else 1.0) for k in before},
+        "plan": {"excess": result.plan.excess,
+                 "rounds": result.plan.rounds},
         "calibration": (result.calibration.as_dict() if result.calibration is not None
                         else None),
         "bn_recalibration": ({"samples": result.bn_samples}
                              if getattr(result, "bn_samples", None) else None),
         "recovery": (result.recovery.as_dict() if getattr(result, "recovery", None) is not None
                      else None),
-        "groups": group_records(result.analysis, result.plan.removed, result.scores),
+        "groups": group_records(result.analysis, result.plan.removed, result.scores,
+                                (config.round_to, config.max_prune_share)),
         "rule_errors": [e.as_dict() for e in result.analysis.channels.rule_errors],
         "slices": [s.as_dict() for s in result.slices],
         "verification": {"max_relative_error": result.error, "tolerance": TOLERANCE,
@@ -150,8 +159,14 @@ def _calibration_line(result) -> str:
     cal = result.calibration
     if cal is None:
         return ""
-    return (f"  {cal.criterion.value}: {cal.samples} samples in {cal.batches} batches from "
-            f"{cal.data}; labels: {cal.labels}; {cal.mode}\n")
+    rounds = f" in each of {cal.rounds} rounds" if cal.rounds > 1 else ""
+    return (f"  {cal.criterion.value}: {cal.samples} samples in {cal.batches} batches{rounds} "
+            f"from {cal.data}; labels: {cal.labels}; {cal.mode}\n")
+
+
+def _excess_line(plan) -> str:
+    return (f"  the plan ends {plan.excess:.4f} of the original below the target "
+            f"(less than one channel unit)\n" if plan.excess > 0 else "")
 
 
 def _bn_line(result) -> str:
@@ -226,6 +241,7 @@ def prune_summary(result: PruneResult, output: str) -> str:
               else "")
     return (f"pruned -> {output}\n{_calibration_line(result)}"
             f"{cost_table(result.plan.before, stored_costs(result.plan.after, result.model))}\n"
+            f"{_excess_line(result.plan)}"
             f"{_bn_line(result)}{_recovery_lines(result)}"
             f"  oracle{sliced}: max relative error {result.error:.2e} (tolerance {TOLERANCE:g}"
             + ("" if result.verdict.precision == "float32" else
@@ -254,21 +270,25 @@ def _rule_error_rows(errors: Sequence[RuleError]) -> list[str]:
         f"  {e.op_type} node {e.node}: {e.message}" for e in errors]
 
 
-def analysis_text(analysis: Analysis, minimum: Costs) -> str:
+def analysis_text(analysis: Analysis, minimum: Costs, floor: tuple[int, float] = (8, 1.0)) -> str:
+    """`minimum`: the reachable minimum under `floor` = (round_to, max_prune_share)."""
     before = analysis.costs.costs()
     rows = ["layer groups (channels, share of M, member tensors, status):"]
-    records = group_records(analysis)
+    records = group_records(analysis, floor=floor)
     for rec in records:
         share = rec["mem"] / before.mem if before.mem else 0
         first = rec["tensors"][0] if rec["tensors"] else "?"
         more = f" +{len(rec['tensors']) - 1}" if len(rec["tensors"]) > 1 else ""
+        status = _status(rec) + (f", keeps >= {rec['min_kept']}" if rec["prunable"] else "")
         rows.append(f"  #{rec['index']:<4} {rec['channels']:>6} ch {share:6.1%}  {first}{more}  "
-                    f"{_status(rec)}")
+                    f"{status}")
     rows += _rule_error_rows(analysis.channels.rule_errors)
     prunable = sum(r["mem"] for r in records if r["prunable"])
     rows.append(f"prunable share of M: {prunable / before.mem if before.mem else 0:.1%}")
     rows.append("costs:\n" + cost_table(before))
-    rows.append("reachable minimum with what is prunable (fraction of the original):")
+    rows.append(f"reachable minimum with what is prunable, each group keeping at least "
+                f"{1 - floor[1]:.0%} of its channels and one --round-to {floor[0]} unit "
+                f"(fraction of the original):")
     for field, label in _COST_NAMES[:3]:
         b = getattr(before, field)
         option = {"mem": "mem", "macs": "flops", "params": "params"}[field]
