@@ -112,7 +112,9 @@ def _gfp_count(args, oneshot_units: int) -> int:
     return max(1, math.ceil(oneshot_units / args.round_to / removals))
 
 
-def _tp_prune(net, kind: str, ratio: float, calib: tuple[np.ndarray, np.ndarray]):
+def tp_prune(net, kind: str, ratio: float, calib: tuple[np.ndarray, np.ndarray],
+             round_to: int | None = None):
+    """A pruned copy of `net`: Torch-Pruning's global MetaPruner, the classifier kept."""
     import torch_pruning as tp
 
     net = copy.deepcopy(net).eval()
@@ -120,7 +122,7 @@ def _tp_prune(net, kind: str, ratio: float, calib: tuple[np.ndarray, np.ndarray]
                   else tp.importance.GroupMagnitudeImportance(p=2))
     classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
     pruner = tp.pruner.MetaPruner(net, torch.zeros(1, 1, 28, 28), importance=importance,
-                                  pruning_ratio=ratio, global_pruning=True,
+                                  pruning_ratio=ratio, global_pruning=True, round_to=round_to,
                                   max_pruning_ratio=0.9, ignored_layers=[classifier])
     if kind == "taylor":
         net.zero_grad()
@@ -141,7 +143,7 @@ def _theirs(kind, target, seed, args, data, calib, base_mem, tmp: Path):
     low, high, best = 0.0, 0.95, None
     for _ in range(8):
         ratio = (low + high) / 2
-        path = export_onnx(_tp_prune(net, kind, ratio, calib), tmp / f"tp-{kind}.onnx")
+        path = export_onnx(tp_prune(net, kind, ratio, calib), tmp / f"tp-{kind}.onnx")
         model = onnx.load(str(path))
         if _mem(model) <= target * base_mem:
             best, high = model, ratio
