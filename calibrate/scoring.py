@@ -38,7 +38,7 @@ class CalibrationResult:
     mode: str                 # "batched" or "one sample at a time: <why>"
     world_size: int
     sites: int
-    rounds: int = 1           # scoring passes (iterative scoring: api._iterative_plan)
+    rounds: int = 1           # scoring passes (iterative scoring: api._plan_on_data)
 
     def as_dict(self) -> dict:
         return {"criterion": self.criterion.value, "data": self.data, "samples": self.samples,

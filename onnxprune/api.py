@@ -297,7 +297,7 @@ def _prune_oneshot(analysis: Analysis, config: PruneConfig, scores: np.ndarray |
     if scores is None and config.criterion.needs_data:
         plan, scores, calibration = _plan_on_data(analysis, config, data)
         timings["calibrate"] = calibration.seconds
-        timings["plan"] = time.perf_counter() - tick - calibration.seconds
+        timings["plan"] = time.perf_counter() - tick - calibration.seconds  # with the refits
     else:
         if scores is None:
             scores = data_free_scores(analysis.channels, config.criterion, config.seed,

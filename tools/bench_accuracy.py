@@ -174,7 +174,14 @@ class Store:
         return (f"{args.model_name}|{target}|{label}|{seed}|rt={round_to or args.round_to}|"
                 f"steps={args.steps}|batch={args.batch}|lr={args.lr}")
 
+    def _reload(self) -> None:
+        """Runs other processes finished since (parallel workers share one store)."""
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.runs.update((r["key"], r) for r in map(json.loads, lines))
+
     def run(self, key: str, make) -> dict:
+        if key not in self.runs:
+            self._reload()
         if key in self.runs and (self.dir / self.runs[key]["file"]).exists():
             return self.runs[key]
         start = time.perf_counter()

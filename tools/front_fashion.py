@@ -246,13 +246,17 @@ def table(case: Case, rows: list[dict], base_acc: float, base_ms: dict[int, floa
             + (f"fine-tuned {case.steps} steps × 64" if case.steps else "no training")
             + f"; original top-1 {100 * base_acc:.2f} %, {base_ms[1]:.3f} ms at batch 1, "
             f"{base_ms[32]:.3f} ms at batch 32\n\n"
-            "| target M | method | top-1 % | M | ms batch 1 | ms batch 32 (speed-up) | "
-            "dominated by fisher |\n|---|---|---|---|---|---|---|")
+            "| target M | method | top-1 % | seeds | M | ms batch 1 | ms batch 32 (speed-up) | "
+            "dominated by fisher |\n|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['target']} | {r['method']} | {r['error']} | | | | | |")
+            continue
         step = r["records"][0].get("round_to", 8)
         label = r["method"] + (f" (round-to {step})" if step != 8 else "")
-        lines.append(f"| {r['target']} | {label} | {_cell(r['top1'])} | {r['mem']:.3f} | "
+        lines.append(f"| {r['target']} | {label} | {_cell(r['top1'])} | {len(r['top1'])} | "
+                     f"{r['mem']:.3f} | "
                      f"{r['ms'][1]:.3f} | {r['ms'][32]:.3f} ({base_ms[32] / r['ms'][32]:.2f}×) | "
                      f"{r['dominated']} |")
     return "\n".join(lines)
@@ -276,12 +280,13 @@ def _rows(case: Case, store: Store, args) -> list[dict]:
     rows = []
     for target in args.targets:
         for method in args.methods:
-            seeds = args.seeds[:1] if method in DETERMINISTIC else args.seeds
+            seeds = args.seeds[:1] if method in DETERMINISTIC | args.one_seed else args.seeds
             try:
                 records = [store.run(_key(case, method, target, s), make(case, method, target, s))
                            for s in seeds]
             except Exception as exc:  # noqa: BLE001  a peer that cannot reach M is a row too
                 print(f"  {case.name} {case.form} {target} {method}: {exc}", flush=True)
+                rows.append({"target": target, "method": method, "error": str(exc)})
                 continue
             rows.append({"target": target, "method": method, "records": records,
                          "top1": [r["top1"] for r in records]})
@@ -290,6 +295,7 @@ def _rows(case: Case, store: Store, args) -> list[dict]:
 
 def _measure(case: Case, store: Store, rows: list[dict], runs: int) -> dict[int, float]:
     """Fills each row's M and latency (first seed's file); returns the original's latency."""
+    rows = [r for r in rows if "error" not in r]
     files = [r["records"][0]["file"] for r in rows]
     ms = _latency(store, case.path, files, runs)
     m0 = _mem(onnx.load(str(case.path)))
@@ -310,6 +316,7 @@ def plot(path: Path, panels: list[tuple[Case, list[dict], float, dict]]) -> None
 
     fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
     for (case, rows, base_acc, base_ms), pair in zip(panels, axes):
+        rows = [r for r in rows if "error" not in r]
         for ax, batch in zip(pair, BATCHES):
             for method in dict.fromkeys(r["method"] for r in rows):
                 mine = sorted((r for r in rows if r["method"] == method),
@@ -341,6 +348,8 @@ def _parse(argv):
     p.add_argument("--runs", type=int, default=100, help="interleaved latency rounds")
     p.add_argument("--out", type=Path, default=cache_dir("front"))
     p.add_argument("--plot", action="store_true", help="write front.png to --out")
+    p.add_argument("--one-seed", default="", metavar="M,M",
+                   help="methods run at the first seed only (a budget; the table says so)")
     p.add_argument("--no-latency", action="store_true",
                    help="prune and evaluate only (parallel workers; a last run without it "
                         "reuses their files and times them on a quiet machine)")
@@ -348,6 +357,7 @@ def _parse(argv):
     args.targets = [float(t) for t in args.targets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.methods = args.methods.split(",")
+    args.one_seed = set(filter(None, args.one_seed.split(",")))
     if args.steps:
         args.methods = [*args.methods, "gfp"] if "gfp" not in args.methods else args.methods
     return args

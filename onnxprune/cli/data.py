@@ -25,9 +25,9 @@ def add_data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--calib-batches", type=int, default=32, metavar="N",
                    help="batches to score on (default 32; 0: the whole data set)")
     d.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
-                   help="fisher / taylor: remove in N rounds, re-scoring before each with the "
-                        f"removed channels masked (default {DEFAULT_ROUNDS}; N scoring passes; "
-                        "1: one-shot scores)")
+                   help="fisher / taylor: remove in N rounds, re-scoring before each the "
+                        "slice so far (refit, unless --no-reconstruct), its removed channels "
+                        f"masked (default {DEFAULT_ROUNDS}; N scoring passes; 1: one-shot)")
     d.add_argument("--no-labels", action="store_true",
                    help="ignore labels: Fisher samples them from the model's predictions")
     d.add_argument("--resize", metavar="H[xW]", help="images: resize the shorter side to H "

@@ -166,7 +166,7 @@ def _calibration_line(result) -> str:
 
 def _excess_line(plan) -> str:
     return (f"  the plan ends {plan.excess:.4f} of the original below the target "
-            f"(less than one channel unit)\n" if plan.excess > 0 else "")
+            f"(the last channel unit removed crossed it)\n" if plan.excess > 0 else "")
 
 
 def _bn_line(result) -> str:
