@@ -22,7 +22,7 @@ from onnxprune.analysis.groups import LayerGroup, layer_groups
 from onnxprune.analysis.keep import keep_requested
 from onnxprune.analysis.normalize import normalize
 from onnxprune.analysis.units import Channels, find_channels
-from onnxprune.config import Criterion, PruneConfig, Schedule, Target
+from onnxprune.config import DEFAULT_ROUNDS, Criterion, PruneConfig, Schedule, Target
 from onnxprune.errors import UserError, first_line
 from onnxprune.model.external import sources
 from onnxprune.model.graph import input_specs, recorded_shapes, static_input_shapes
@@ -140,7 +140,8 @@ def _plan_on_data(analysis: Analysis, config: PruneConfig, data
                   ) -> tuple[Plan, np.ndarray, CalibrationResult]:
     """Fisher / HRank / Taylor on `data` (opened), computed in torch by the calibrate package,
     in `config.calibration.rounds` rounds (plan/rounds.py; HRank's fixed per-layer rates take
-    one)."""
+    one). By default 4 with the refit and 1 without: re-scoring the masked original without
+    the refit measured 4.7 points worse than one round (docs/choosing.md)."""
     from calibrate.scoring import data_scores
 
     passes: list[CalibrationResult] = []
@@ -154,7 +155,9 @@ def _plan_on_data(analysis: Analysis, config: PruneConfig, data
                                   config.seed, gone))
         return passes[-1].scores
 
-    rounds = 1 if config.criterion is Criterion.HRANK else config.calibration.rounds
+    rounds = config.calibration.rounds or (DEFAULT_ROUNDS if refits else 1)
+    if config.criterion is Criterion.HRANK:
+        rounds = 1
     plan, scores = plan_in_rounds(config.target, rounds, score,
                                   lambda s, target, gone: _plan(analysis, config, s, target, gone))
     calibration = replace(passes[-1], seconds=sum(p.seconds for p in passes),

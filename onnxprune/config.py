@@ -49,7 +49,7 @@ class Criterion(enum.Enum):
         return self in (Criterion.FISHER, Criterion.HRANK, Criterion.TAYLOR)
 
 
-DEFAULT_ROUNDS = 4          # iterative scoring: chosen in docs/recovery.md ("Choosing")
+DEFAULT_ROUNDS = 4          # iterative scoring with the refit: chosen in docs/choosing.md
 DEFAULT_MAX_PRUNE_SHARE = 0.9  # a layer group keeps >= 10 % of its channels (ibid.)
 
 
@@ -69,8 +69,9 @@ class CalibrationConfig:
     device: str | None = None        # "cpu" / "cuda"; default: cuda when available
     image: ImageOptions | None = None  # image folders: resize, crop, normalise
     recalibrate_bn: bool = False     # re-estimate BN statistics of the slice (calibrate/bn.py)
-    rounds: int = DEFAULT_ROUNDS     # fisher / taylor: remove in this many rounds, re-scoring
-                                     # with the removed units masked before each (api.py)
+    rounds: int | None = None        # fisher / taylor: remove in this many rounds, re-scoring
+                                     # before each (plan/rounds.py); None: DEFAULT_ROUNDS with
+                                     # the refit, 1 without (api._plan_on_data)
 
 
 @dataclass(frozen=True)

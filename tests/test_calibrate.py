@@ -264,3 +264,13 @@ def test_prune_in_rounds_records_each_round(setup):
     assert [r["target"] for r in result.plan.rounds] == pytest.approx([13 / 15, 11 / 15, 0.6])
     assert result.plan.after.mem <= 0.6 * result.plan.before.mem
     assert result.verdict.error <= 1e-4
+
+
+@pytest.mark.parametrize("reconstruct, rounds", [(None, 4), (False, 1)])
+def test_default_rounds_are_four_with_the_refit_and_one_without(setup, reconstruct, rounds):
+    _, model, _, x, y = setup
+    config = PruneConfig(Target(TargetKind.MEM, 0.7), criterion=Criterion.FISHER, round_to=1,
+                         calibration=CalibrationConfig(batch_size=BATCH),
+                         reconstruct=reconstruct)
+    result = prune(model, config, data=[({"x": x}, y)])
+    assert result.calibration.rounds == rounds == len(result.plan.rounds)

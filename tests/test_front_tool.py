@@ -25,7 +25,7 @@ def test_method_names_set_the_options(front):
     assert config.max_prune_share == 0.5 and config.normalize is Normalize.NONE
     assert config.reconstruct is False and config.seed == 2 and config.finetune is None
     default = front.ours_config("l1", 0.5, 0, 0)
-    assert default.calibration.rounds == 4 and default.max_prune_share == 0.9
+    assert default.calibration.rounds is None and default.max_prune_share == 0.9
     gfp = front.ours_config("gfp", 0.5, 0, 300)
     assert gfp.finetune.schedule is Schedule.GFP and gfp.finetune.steps == 300
     assert front.is_ours("lamp-nnone") and not front.is_ours("tp-taylor-8")

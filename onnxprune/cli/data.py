@@ -24,10 +24,10 @@ def add_data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--batch-size", type=int, default=32, metavar="N")
     d.add_argument("--calib-batches", type=int, default=32, metavar="N",
                    help="batches to score on (default 32; 0: the whole data set)")
-    d.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+    d.add_argument("--rounds", type=int, default=None, metavar="N",
                    help="fisher / taylor: remove in N rounds, re-scoring before each the "
-                        "slice so far (refit, unless --no-reconstruct), its removed channels "
-                        f"masked (default {DEFAULT_ROUNDS}; N scoring passes; 1: one-shot)")
+                        "refit slice so far, its removed channels masked (default "
+                        f"{DEFAULT_ROUNDS}, or 1 with --no-reconstruct; N scoring passes)")
     d.add_argument("--no-labels", action="store_true",
                    help="ignore labels: Fisher samples them from the model's predictions")
     d.add_argument("--resize", metavar="H[xW]", help="images: resize the shorter side to H "
@@ -106,7 +106,7 @@ def calibration(args) -> CalibrationConfig:
         raise UserError("--recalibrate-bn needs data: --data PATH")
     _positive("--batch-size", args.batch_size)
     _positive("--calib-batches", args.calib_batches, 0)
-    _positive("--rounds", args.rounds)
+    _positive("--rounds", args.rounds)  # None: the default
     return CalibrationConfig(batch_size=args.batch_size,
                              max_batches=args.calib_batches or None, no_labels=args.no_labels,
                              progress=True, device=args.device, image=image_options(args),
