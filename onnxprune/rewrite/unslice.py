@@ -56,7 +56,8 @@ def unslice(original: onnx.ModelProto, pruned: onnx.ModelProto,
     for mine, theirs in zip(out.graph.node, pruned.graph.node):
         for slot in range(len(mine.input), len(theirs.input)):
             name = theirs.input[slot]
-            if name in originals or name not in values:
+            if name in originals or name not in values:  # "" keeps later slots in place
+                mine.input.append(name)
                 continue
             out_cuts = [c for c in cuts.get(mine.input[1], []) if c.role is Role.PRODUCER]
             weight = next(i for i in out.graph.initializer if i.name == mine.input[1])
