@@ -2,7 +2,8 @@
 onnxsim on the same trained files, at the same feature-map memory, as a table and a plot.
 
     python tools/front_fashion.py --models resnet20 --forms folded --targets 0.7,0.5,0.3 \
-        --seeds 0,1,2 [--steps 0] [--train 2000] [--methods a,b] [--out DIR] [--runs 100]
+        --seeds 0,1,2 [--steps 0] [--train 2000] [--methods a,b] [--one-seed a,b] \
+        [--out DIR] [--runs 100] [--plot] [--no-latency]
 
 For every model (models/fashion.py, trained once and cached), BN form (`kept`: BN nodes in the
 file; `folded`: BN folded into the convs, as exporters write by default), memory target M and
