@@ -76,21 +76,27 @@ def main() -> int:
     for key, label in (("mem", "M"), ("macs", "MACs"), ("params", "params")):
         print(f"  {label:<9} {record['before'][key]:>9,} -> {record['after'][key]:>9,} "
               f"({ratio[key]:.3f})")
-    for batch, (slow, fast) in _latency([source, pruned], args.runs).items():
+    before, after = bench_medians([source, pruned], args.runs)
+    for batch in BATCHES:
+        slow, fast = before[batch], after[batch]
         print(f"  batch {batch:<3} {slow:7.3f} ms -> {fast:7.3f} ms   speed-up "
               f"{slow / fast:.2f}x (MACs ideal {1 / ratio['macs']:.2f}x)")
     print(f"  report: {report}")
     return 0
 
 
-def _latency(models: list[Path], runs: int) -> dict[int, list[float]]:
-    """Median ms per batch size (1, and 32 where per-node overhead no longer hides the cut),
-    by `onnxprune bench` (interleaved rounds; batch 32 on a symbolic-batch copy)."""
-    command = [sys.executable, "-m", "onnxprune", "bench", *map(str, models), "--batch",
+def bench_medians(models: list, runs: int, warmup: int | None = None) -> list[dict[int, float]]:
+    """Median ms of each model per batch size in BATCHES (1, and 32 where per-node overhead no
+    longer hides the cut), by `onnxprune bench` in a fresh process (interleaved rounds, one
+    thread; batch 32 on a symbolic-batch copy). tools/front_fashion.py times with it too."""
+    paths = [str(Path(m).resolve()) for m in models]  # the command runs in ROOT
+    command = [sys.executable, "-m", "onnxprune", "bench", *paths, "--batch",
                ",".join(map(str, BATCHES)), "--runs", str(runs), "--threads", "1", "--json"]
+    if warmup is not None:
+        command += ["--warmup", str(warmup)]
     done = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
-    results = [m["results"] for m in json.loads(done.stdout)["models"]]
-    return {b: [r[str(b)]["median_ms"] for r in results] for b in BATCHES}
+    return [{b: m["results"][str(b)]["median_ms"] for b in BATCHES}
+            for m in json.loads(done.stdout)["models"]]
 
 
 if __name__ == "__main__":

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -61,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from bench_accuracy import Store, _mem, tp_prune
+from demo import BATCHES, bench_medians
 
 from calibrate.data import open_data
 from calibrate.distributed import world
@@ -86,7 +85,6 @@ TP = {"tp-magnitude-1": ("magnitude", 1), "tp-magnitude-8": ("magnitude", 8),
       "tp-taylor-1": ("taylor", 1), "tp-taylor-8": ("taylor", 8)}
 ONNXSIM = {"onnxsim-l2": ("l2", False), "onnxsim-l2-ridge": ("l2", True),
            "onnxsim-wanda": ("wanda", False), "onnxsim-wanda-ridge": ("wanda", True)}
-BATCHES = (1, 32)
 
 
 @dataclass
@@ -224,18 +222,6 @@ def _key(case: Case, method: str, target: float, seed: int) -> str:
     return f"{case.name}|{case.form}|{target}|{method}|{seed}|steps={case.steps}|n={case.npz.stem}"
 
 
-def _latency(store: Store, base: Path, files: list[str], runs: int) -> list[dict[int, float]]:
-    """Median ms of the original and each file, per batch size: `onnxprune bench` (interleaved
-    rounds, one thread, a symbolic-batch copy for batch 32)."""
-    paths = [str(base)] + [str(store.dir / f) for f in files]
-    command = [sys.executable, "-m", "onnxprune", "bench", *paths, "--threads", "1", "--runs",
-               str(runs), "--warmup", "10", "--json",
-               "--batch", ",".join(str(b) for b in BATCHES)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    models = json.loads(done.stdout)["models"]
-    return [{b: m["results"][str(b)]["median_ms"] for b in BATCHES} for m in models]
-
-
 def _cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.2f}"
@@ -298,7 +284,7 @@ def _measure(case: Case, store: Store, rows: list[dict], runs: int) -> dict[int,
     """Fills each row's M and latency (first seed's file); returns the original's latency."""
     rows = [r for r in rows if "error" not in r]
     files = [r["records"][0]["file"] for r in rows]
-    ms = _latency(store, case.path, files, runs)
+    ms = bench_medians([case.path] + [store.dir / f for f in files], runs, warmup=10)
     m0 = _mem(onnx.load(str(case.path)))
     for row, file, lat in zip(rows, files, ms[1:]):
         row["mem"] = _mem(onnx.load(str(store.dir / file))) / m0

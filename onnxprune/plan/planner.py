@@ -193,6 +193,8 @@ def fewest_reaching(units: np.ndarray, removal: Removal, cost, goal: float) -> n
     """`units` (a chunk, lowest score first), or its shortest prefix whose removal brings
     `cost(kept)` to `goal`: the chunk that crosses the target overshoots it by less than one
     unit (module docstring)."""
+    if len(units) <= 1 or cost(removal.kept_without(units)) > goal:
+        return units  # not the crossing chunk: one cost evaluation, not one per prefix
     for k in range(1, len(units)):
         if cost(removal.kept_without(units[:k])) <= goal:
             return units[:k]
