@@ -1,4 +1,5 @@
-"""Real trained models worth pruning: ResNet-20 / -56 and a small MobileNetV2 on Fashion-MNIST.
+"""Real trained models worth pruning: ResNet-20 / -56, a small MobileNetV2 and a small ViT on
+Fashion-MNIST.
 
 The zoo's random-weight models prove a pruner correct; these prove it useful (accuracy before
 and after pruning / fine-tuning). Data comes from :mod:`models.fashion_data`, the network
@@ -11,6 +12,8 @@ definitions from :mod:`models.fashion_nets`.
 - ``mobilenetv2_small``: MobileNetV2 (Sandler et al. 2018) for 28x28: stem 3x3 conv 16
   stride 1, inverted residuals (t, c, n, s) = (1,16,1,1) (6,24,2,2) (6,32,3,2) (6,64,2,2)
   (6,96,1,1), 1x1 conv to 256, global average pool, linear 10; ReLU6, depthwise 3x3.
+- ``vit_p4``: a ViT with 4x4 patches, 4 blocks of width 64, 4 heads, MLP 128
+  (:mod:`models.fashion_vit`); trained with AdamW (weight decay 0.05) instead of SGD.
 
 Training (:func:`train`): SGD, momentum 0.9, Nesterov, weight decay 5e-4 on every parameter,
 one-cycle LR (peak ``lr``, no momentum cycling), batch 128, augmentation = random 28x28 crop
@@ -66,8 +69,9 @@ from onnxprune.models.fashion_data import MEAN, STD, load_fashion, to_input, wri
 from onnxprune.models.fashion_nets import MODELS, build_model
 from onnxprune.models.zoo import Exporter, quiet
 
-DEFAULT_EPOCHS = {"resnet20": 6, "resnet56": 4, "mobilenetv2_small": 4}
-DEFAULT_LR = {"resnet20": 0.1, "resnet56": 0.1, "mobilenetv2_small": 0.1}
+DEFAULT_EPOCHS = {"resnet20": 6, "resnet56": 4, "mobilenetv2_small": 4, "vit_p4": 10}
+DEFAULT_LR = {"resnet20": 0.1, "resnet56": 0.1, "mobilenetv2_small": 0.1, "vit_p4": 2e-3}
+ADAMW = frozenset({"vit_p4"})  # transformers train with AdamW (decoupled weight decay 0.05)
 WEIGHTS_VERSION = 1  # bump when a model, the data pipeline or the training recipe changes
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 TORCHSCRIPT_OPSET, DYNAMO_OPSET = 17, 18
@@ -135,6 +139,13 @@ def evaluate_torch(model: nn.Module, split: str = "test", batch_size: int = 1000
     return correct / len(labels)
 
 
+def _optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name in ADAMW:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True,
+                           weight_decay=WEIGHT_DECAY)
+
+
 def train(name: str, epochs: int | None = None, seed: int = 0, batch_size: int = 128,
           lr: float | None = None, *, max_steps: int | None = None, evaluate: bool = True,
           threads: int | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -157,8 +168,7 @@ def train(name: str, epochs: int | None = None, seed: int = 0, batch_size: int =
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = build_model(name).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True,
-                              weight_decay=WEIGHT_DECAY)
+        opt = _optimizer(name, model, lr)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps,
                                                     cycle_momentum=False)
         result = TrainResult(model, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("resnet20", "resnet56", "mobilenetv2_small")
+MODELS = ("resnet20", "resnet56", "mobilenetv2_small", "vit_p4")
 
 
 class BasicBlock(nn.Module):
@@ -116,4 +116,7 @@ def build_model(name: str) -> nn.Module:
         return ResNet20(blocks=9)
     if name == "mobilenetv2_small":
         return MobileNetV2Small()
+    if name == "vit_p4":
+        from onnxprune.models.fashion_vit import ViT
+        return ViT()
     raise ValueError(f"unknown Fashion-MNIST model {name!r}; choose from {', '.join(MODELS)}")

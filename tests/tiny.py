@@ -123,3 +123,47 @@ def zero_sinks(model, slices):
             np.moveaxis(value, s["axis"], 0)[s["removed"]] = 0
             inits[s["initializer"]].CopyFrom(numpy_helper.from_array(value, s["initializer"]))
     return model
+
+
+def attention(heads: int = 4, head_dim: int = 4, tokens: int = 5, fused: bool = True,
+              bias_table: bool = False):
+    """x [1,C,N] -> tokens [1,N,C] -> multi-head self-attention as timm's ViT exports it ->
+    proj -> y (a graph input's channels are on axis 1, hence the Transpose: a patch embedding).
+
+    Fused: qkv = x @ Wqkv + b, Reshape [1,N,3,H,Dh], Transpose (2,0,3,1,4), Split into q, k, v,
+    Squeeze. Separate: q / k / v = x @ W + b, each Reshape [1,N,H,Dh], Transpose (0,2,1,3).
+    Then (q * scale) @ kT [+ a per-head bias table], Softmax, @ v, Transpose, Reshape [1,N,C],
+    @ Wproj. Tensor names: q, k, v (heads on axis 1), attn, ctx, merged."""
+    c, n = heads * head_dim, tokens
+    nodes = [node("Transpose", ["x"], ["tokens"], perm=[0, 2, 1])]
+    inits = {"scale": np.array(head_dim ** -0.5, np.float32),
+                        "proj_w": (c, c), "merge_shape": np.array([1, n, c], np.int64)}
+    if fused:
+        inits.update({"qkv_w": (c, 3 * c), "qkv_b": (3 * c,), "split": np.ones(3, np.int64),
+                      "axis0": np.zeros(1, np.int64),
+                      "qkv_shape": np.array([1, n, 3, heads, head_dim], np.int64)})
+        nodes += [node("MatMul", ["tokens", "qkv_w"], ["qkv_mm"]),
+                  node("Add", ["qkv_mm", "qkv_b"], ["qkv"]),
+                  node("Reshape", ["qkv", "qkv_shape"], ["qkv5"]),
+                  node("Transpose", ["qkv5"], ["qkvt"], perm=[2, 0, 3, 1, 4]),
+                  node("Split", ["qkvt", "split"], ["qs", "ks", "vs"], axis=0)]
+        nodes += [node("Squeeze", [f"{t}s", "axis0"], [t]) for t in "qkv"]
+    else:
+        inits["head_shape"] = np.array([1, n, heads, head_dim], np.int64)
+        for t in "qkv":
+            inits.update({f"{t}_w": (c, c), f"{t}_b": (c,)})
+            nodes += [node("MatMul", ["tokens", f"{t}_w"], [f"{t}_mm"]),
+                      node("Add", [f"{t}_mm", f"{t}_b"], [f"{t}_lin"]),
+                      node("Reshape", [f"{t}_lin", "head_shape"], [f"{t}4"]),
+                      node("Transpose", [f"{t}4"], [t], perm=[0, 2, 1, 3])]
+    nodes += [node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+              node("Mul", ["q", "scale"], ["qs_"]), node("MatMul", ["qs_", "kt"], ["scores"])]
+    if bias_table:
+        inits["table"] = (1, heads, n, n)
+        nodes.append(node("Add", ["scores", "table"], ["biased"]))
+    nodes += [node("Softmax", ["biased" if bias_table else "scores"], ["attn"], axis=-1),
+              node("MatMul", ["attn", "v"], ["ctx"]),
+              node("Transpose", ["ctx"], ["ctxt"], perm=[0, 2, 1, 3]),
+              node("Reshape", ["ctxt", "merge_shape"], ["merged"]),
+              node("MatMul", ["merged", "proj_w"], ["y"])]
+    return make(nodes, {"x": [1, c, n]}, ["y"], inits)

@@ -87,11 +87,15 @@ class Ctx:
 
     def __init__(self, model: onnx.ModelProto, opset: int,
                  space_of: Callable[[str], Space | None],
-                 per_index_groups: frozenset[str] = frozenset()):
+                 per_index_groups: frozenset[str] = frozenset(),
+                 coarse_reshapes: Mapping[str, int] | None = None):
         self.model = model
         self.opset = opset
         # grouped convs whose whole-group units collapsed (see rules/conv.py)
         self.per_index_groups = per_index_groups
+        # reshapes whose finest axis is summed by a product of two activations (attention:
+        # the head dim of q @ kT) -> which other axis they map (rules/reshape.best_axis's skip)
+        self.coarse_reshapes = dict(coarse_reshapes or {})
         self.shapes = static_shapes(model)
         self._inits = {i.name: i for i in model.graph.initializer}
         self.dequantized = dequantized_constants(model)  # DQ outputs read as constants

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxprune.analysis.flow import TensorKey
+from onnxprune.analysis.context import static_shapes
+from onnxprune.analysis.flow import TensorKey, tensor_key
+from onnxprune.analysis.rules.contrib import standard_op_type
 from onnxprune.analysis.units import Channels
 
 
@@ -19,6 +21,7 @@ class LayerGroup:
     blocked: bool
     reasons: list[str]           # structural blocking reasons
     rule_errors: list[str] = field(default_factory=list)  # blocks that are bugs in a rule
+    heads: bool = False  # each unit is a whole attention head (rules/reshape.py)
 
     @property
     def channels(self) -> int:
@@ -45,8 +48,25 @@ def unit_tensor_counts(channels: Channels):
     return pairs // width, pairs % width, counts, names
 
 
+def _head_tensors(channels: Channels) -> set[str]:
+    """Outputs of a product of two activations whose channels sit on a batch axis: the
+    attention maps and attn @ v, where each unit is a whole head (rules/reshape.py)."""
+    shapes = static_shapes(channels.model)
+    weights = {i.name for i in channels.model.graph.initializer}
+    found = set()
+    for node in channels.model.graph.node:
+        key = tensor_key(node.output[0]) if node.output else None
+        if (standard_op_type(node) != "MatMul" or key not in channels.spaces
+                or weights.intersection(node.input[:2])):
+            continue
+        if channels.spaces[key].axis < len(shapes.get(node.output[0], ())) - 2:
+            found.add(node.output[0])
+    return found
+
+
 def layer_groups(channels: Channels) -> list[LayerGroup]:
     comps, tensors, counts, names = unit_tensor_counts(channels)
+    heads = _head_tensors(channels)
     starts = np.flatnonzero(np.r_[True, comps[1:] != comps[:-1]])
     ends = np.r_[starts[1:], len(comps)]
     by_signature: dict[tuple, list[int]] = {}
@@ -61,6 +81,7 @@ def layer_groups(channels: Channels) -> list[LayerGroup]:
         blocked = bool(channels.blocked[units_arr].all())
         reasons = sorted({r for u in units for r in channels.reasons.get(u, [])})
         errors = sorted({r for u in units for r in channels.rule_error_reasons.get(u, [])})
-        groups.append(LayerGroup(len(groups), tuple(names[t] for t in signature), units_arr,
-                                 narrowest[signature], blocked, reasons, errors))
+        members = tuple(names[t] for t in signature)
+        groups.append(LayerGroup(len(groups), members, units_arr, narrowest[signature], blocked,
+                                 reasons, errors, heads=not heads.isdisjoint(members)))
     return groups

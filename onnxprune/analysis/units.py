@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import onnx
 
-from onnxprune.analysis.context import Ctx, Space
+from onnxprune.analysis.context import Ctx, Space, static_shapes
 from onnxprune.analysis.flow import Block, Fixup, Flow, Key, ParamKey, Role, param_key, tensor_key
 from onnxprune.analysis.rules import find_rule, op_name
 from onnxprune.analysis.rules.contrib import standard_op_type
+from onnxprune.analysis.rules.linear import ACTIVATION_PRODUCT
 from onnxprune.analysis.rules.quant import through_dequantize
 from onnxprune.analysis.unionfind import components
 from onnxprune.errors import first_line
@@ -70,6 +71,8 @@ class Channels:
     rule_errors: list[RuleError] = field(default_factory=list)
     # component -> the rule errors (and their consequences) that blocked it
     rule_error_reasons: dict[int, list[str]] = field(default_factory=dict)
+    # reshape -> which other axis it maps (rules/reshape.best_axis): attention heads
+    coarse_reshapes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def n_components(self) -> int:
@@ -89,7 +92,8 @@ class _Mark(NamedTuple):
 
 
 class _Builder:
-    def __init__(self, model: onnx.ModelProto, per_index_groups: frozenset[str]):
+    def __init__(self, model: onnx.ModelProto, per_index_groups: frozenset[str],
+                 coarse_reshapes: Mapping[str, int]):
         self.model = model
         self.spaces: dict[Key, SpaceInfo] = {}
         self.size = 0
@@ -101,7 +105,7 @@ class _Builder:
         self.foreign_reads: list[tuple[str, str, bool]] = []  # (initializer, where, rule error)
         self.fixups: list[tuple[int, Fixup]] = []
         self.rule_errors: list[RuleError] = []
-        self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups)
+        self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups, coarse_reshapes)
 
     def new_space(self, key: Key, axis: int, size: int, role: Role | None = None) -> SpaceInfo:
         if key not in self.spaces:
@@ -229,25 +233,36 @@ class _Builder:
                 if mark.reason not in found.setdefault(comp, []):
                     found[comp].append(mark.reason)
         return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups,
-                        self.rule_errors, errors)
+                        self.rule_errors, errors, self.ctx.coarse_reshapes)
 
 
 def find_channels(model: onnx.ModelProto) -> Channels:
     """Run every node's rule over a normalised model (topologically sorted, static shapes).
 
-    Grouped convs first lose whole groups; where that merges all of a conv's groups into one
-    unit (e.g. ResNeSt's radix sum ties group 0's channel j to group 1's), the analysis is run
-    again with channel j of every group as the unit for those convs.
+    Two choices are revisited, and the analysis is run again until neither changes:
+    - grouped convs first lose whole groups; where that merges all of a conv's groups into one
+      unit (e.g. ResNeSt's radix sum ties group 0's channel j to group 1's), channel j of every
+      group becomes the unit for those convs;
+    - a reshape maps channels on its finest axis; where a product of two activations then
+      blocks them (attention: q @ kT sums over the head dim), it maps them on its next axis
+      (the heads) instead. Each pass can only add names, so this ends.
     """
-    channels = _analyse(model, frozenset())
-    collapsed = frozenset(_collapsed_group_convs(channels))
-    return _analyse(model, collapsed) if collapsed else channels
+    per_index: frozenset[str] = frozenset()
+    coarse: dict[str, int] = {}
+    while True:
+        channels = _analyse(model, per_index, coarse)
+        more_index = per_index | frozenset(_collapsed_group_convs(channels))
+        more_coarse = {**coarse, **_reshapes_to_remap(channels)}
+        if (more_index, more_coarse) == (per_index, coarse):
+            return channels
+        per_index, coarse = more_index, more_coarse
 
 
-def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str]) -> Channels:
+def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str],
+             coarse_reshapes: Mapping[str, int] | None = None) -> Channels:
     from onnxprune.verify.partial import dropped_nodes
 
-    builder = _Builder(model, per_index_groups)
+    builder = _Builder(model, per_index_groups, coarse_reshapes or {})
     nodes = model.graph.node
     unverifiable = dropped_nodes(model)  # node -> the node the oracle cannot run before it
     for index, node in enumerate(nodes):
@@ -280,6 +295,31 @@ def _collapsed_group_convs(channels: Channels) -> Iterator[str]:
             labels = channels.labels[channels.nodes(tensor_key(node.output[0]))]
             if len(np.unique(labels)) == 1 and not channels.blocked[labels[0]]:
                 yield node.name
+
+
+def _reshapes_to_remap(channels: Channels) -> dict[str, int]:
+    """Reshape -> next `skip`, for the Reshapes whose output channels a product of two
+    activations blocks, or that were remapped and left all their channels in one unit (the q /
+    k / v axis of a fused projection, which q @ kT and attn @ v tie together).
+
+    Reshapes not remapped yet go first: a block can come from another operand's reshape (the
+    heads of q and k meet the head dims of v in attn @ v), and only when every blocked one was
+    remapped are they tried further. `skip` stops at the output's rank."""
+    shapes = static_shapes(channels.model)
+    found: dict[str, int] = {}
+    for node in channels.model.graph.node:
+        key = tensor_key(node.output[0]) if node.output else None
+        if standard_op_type(node) != "Reshape" or key not in channels.spaces:
+            continue
+        skip = channels.coarse_reshapes.get(node.name, 0)
+        comps = np.unique(channels.labels[channels.nodes(key)]).tolist()
+        summed = any(r.endswith(ACTIVATION_PRODUCT) for c in comps
+                     for r in channels.reasons.get(c, ()))
+        collapsed = skip > 0 and len(comps) == 1 and channels.spaces[key].size > 1
+        if (summed or collapsed) and skip < len(shapes.get(node.output[0], ())):
+            found[node.name] = skip + 1
+    fresh = {name: skip for name, skip in found.items() if skip == 1}
+    return fresh or found
 
 
 def _strict() -> bool:

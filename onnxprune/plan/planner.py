@@ -73,12 +73,15 @@ class _Chunks:
 def chunk_shape(group: LayerGroup, round_to: int, max_share: float = 1.0) -> tuple[int, int]:
     """(units per chunk, units the group keeps at least) under `--round-to` and
     `--max-prune-share`: a group whose width is a multiple of `round_to` loses whole multiples;
-    every group keeps one rounding unit and at least (1 − max_share) of its units."""
+    every group keeps one rounding unit and at least (1 − max_share) of its units. A group of
+    attention heads loses whole heads and keeps one: `round_to` is for channel counts."""
+    floor = math.ceil(round((1.0 - max_share) * len(group.units), 9))
+    if group.heads:
+        return 1, min(len(group.units), max(1, floor))
     per_unit = group.channels_per_unit
     size = 1
     if round_to > 1 and group.channels % round_to == 0:
         size = round_to // math.gcd(round_to, per_unit)
-    floor = math.ceil(round((1.0 - max_share) * len(group.units), 9))
     return size, min(len(group.units), max(1, math.ceil(round_to / per_unit), floor))
 
 

@@ -35,7 +35,7 @@ def group_records(analysis: Analysis, removed: np.ndarray | None = None,
         records.append({
             "index": g.index, "channels": g.channels,
             "kept": (len(g.units) - gone) * g.channels_per_unit,
-            "units": len(g.units), "prunable": not g.blocked,
+            "units": len(g.units), "prunable": not g.blocked, "heads": g.heads,
             **({"min_kept": chunk_shape(g, *floor)[1] * g.channels_per_unit} if floor else {}),
             "mem": int(mem[g.units].sum()), "tensors": list(g.tensors), "reasons": g.reasons,
             "rule_errors": g.rule_errors,
@@ -273,15 +273,17 @@ def _rule_error_rows(errors: Sequence[RuleError]) -> list[str]:
 def analysis_text(analysis: Analysis, minimum: Costs, floor: tuple[int, float] = (8, 1.0)) -> str:
     """`minimum`: the reachable minimum under `floor` = (round_to, max_prune_share)."""
     before = analysis.costs.costs()
-    rows = ["layer groups (channels, share of M, member tensors, status):"]
+    rows = ["layer groups (channels or hd = attention heads, share of M, member tensors, "
+            "status):"]
     records = group_records(analysis, floor=floor)
     for rec in records:
         share = rec["mem"] / before.mem if before.mem else 0
         first = rec["tensors"][0] if rec["tensors"] else "?"
         more = f" +{len(rec['tensors']) - 1}" if len(rec["tensors"]) > 1 else ""
         status = _status(rec) + (f", keeps >= {rec['min_kept']}" if rec["prunable"] else "")
-        rows.append(f"  #{rec['index']:<4} {rec['channels']:>6} ch {share:6.1%}  {first}{more}  "
-                    f"{status}")
+        what = "hd" if rec["heads"] else "ch"
+        rows.append(f"  #{rec['index']:<4} {rec['channels']:>6} {what} {share:6.1%}  "
+                    f"{first}{more}  {status}")
     rows += _rule_error_rows(analysis.channels.rule_errors)
     prunable = sum(r["mem"] for r in records if r["prunable"])
     rows.append(f"prunable share of M: {prunable / before.mem if before.mem else 0:.1%}")

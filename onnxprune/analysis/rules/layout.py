@@ -146,3 +146,23 @@ def transpose(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     perm = ctx.attrs(node).get("perm") or list(reversed(range(rank)))
     axis = list(perm).index(space.axis)
     return Flow().output(out, axis, space.size).same(T(x), T(out), space.size)
+
+
+@rule("Gather")
+def gather(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
+    """Constant indices on another axis (a class token x[:, 0], q = qkv[0]) pass the channels;
+    the gathered axis is replaced by the indices' axes, so the channel axis may move."""
+    x, indices, out = node.input[0], node.input[1], node.output[0]
+    space, rank = ctx.space(x), ctx.rank(x)
+    if space is None:  # a scalar, or a constant left unfolded: readers see the result opaque
+        return Flow()
+    value = ctx.const(indices)
+    if value is None:
+        return Block("Gather indices are computed at run time")
+    axis = norm_axis(ctx.attrs(node).get("axis", 0), rank)
+    if axis == space.axis:
+        return Block("Gather picks channels by index")
+    moved = space.axis if space.axis < axis else space.axis - 1 + value.ndim
+    flow = Flow().output(out, moved, space.size).same(T(x), T(out), space.size)
+    flow.consts.add(indices)
+    return flow

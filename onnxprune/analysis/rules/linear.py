@@ -66,6 +66,14 @@ def matmul(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
     return flow.same(T(a), T(out), space.size)
 
 
+# why `_matmul_activations` blocks: a Reshape that put these channels on its finest axis is
+# mapped on its next one in a second pass (units.find_channels: attention heads)
+SUMMED = "MatMul sums over the channels of both operands"
+APART = "MatMul operands carry channels on different axes"
+NOT_OUTPUT = "MatMul sums over these channels or they are not the output's"
+ACTIVATION_PRODUCT = (SUMMED, APART, NOT_OUTPUT)
+
+
 def _side(ctx, name: str, out_rank: int, contracted: int, kept: int):
     """(space, aligned output axis) of a MatMul operand, or (space, None) when its channels
     are on the summed axis K."""
@@ -89,7 +97,7 @@ def _matmul_activations(node, ctx):
     sb, ob = _side(ctx, b, len(out_shape), -2, -1)
     axis = oa if oa is not None else ob
     if axis is None:
-        return Block("MatMul sums over the channels of both operands")
+        return Block(SUMMED)
     flow = Flow().output(out, axis, out_shape[axis])
     for name, space, aligned in ((a, sa, oa), (b, sb, ob)):
         if aligned == axis and space.size == out_shape[axis]:
@@ -97,6 +105,6 @@ def _matmul_activations(node, ctx):
             continue
         in_axis = axis - (len(out_shape) - ctx.rank(name))
         if 0 <= in_axis < ctx.rank(name) - 2 and ctx.shape(name)[in_axis] > 1:
-            return Block("MatMul operands carry channels on different axes")
-        flow.block(T(name), "MatMul sums over these channels or they are not the output's")
+            return Block(APART)
+        flow.block(T(name), NOT_OUTPUT)
     return flow

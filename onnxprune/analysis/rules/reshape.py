@@ -10,7 +10,11 @@ axes we keep the one that yields the most units (the finest coupling):
 - [N,C,H,W] -> [N,C,HW]: identity on axis 1;
 - Flatten [N,C,H,W] -> [N,CHW]: channel c owns features [c*HW, (c+1)*HW);
 - channel shuffle [N,C,H,W] -> [N,g,C/g,H,W]: axis 2 wins (C/g units, each spanning the g
-  groups), the Transpose moves it, and the reshape back maps it to a permutation.
+  groups), the Transpose moves it, and the reshape back maps it to a permutation;
+- attention [B,N,C] -> [B,N,(3,)H,Dh]: the head dim Dh has the most units, but q @ kT sums
+  over it with no weight to slice, so the analysis maps such a reshape again on another axis,
+  H (`Ctx.coarse_reshapes`, `best_axis`'s `skip`, units.find_channels): a unit is then a
+  whole head, its q, k and v columns, its attention map and its rows of the output projection.
 """
 from __future__ import annotations
 
@@ -40,17 +44,27 @@ def _unit_count(c_in, c_out, size_in, size_out) -> int:
     return len(np.unique(labels))
 
 
-def best_axis(in_shape, axis, out_shape):
-    """(output axis, input idx, output idx) with the most units, or None if all are 1."""
-    best, best_units = None, 0
+def best_axis(in_shape, axis, out_shape, skip: int = 0):
+    """(output axis, input idx, output idx) with the most units, or None if all are 1.
+
+    With `skip` = k > 0, the k-th of the other axes with more than one unit (most units first,
+    then the inner axis first: heads before the q / k / v axis of [B,N,3,H,Dh]); the finest
+    when there are fewer. The analysis raises `skip` while the choice leaves the reshape's
+    channels blocked by a product of two activations or all in one unit (units.find_channels).
+    """
+    found = []
     for out_axis, dim in enumerate(out_shape):
         if dim == 1:
             continue
         c_in, c_out = _pairs(in_shape, axis, out_shape, out_axis)
-        units = _unit_count(c_in, c_out, in_shape[axis], dim)
-        if units > best_units:
-            best, best_units = (out_axis, c_in, c_out), units
-    return best
+        found.append((_unit_count(c_in, c_out, in_shape[axis], dim), out_axis, c_in, c_out))
+    if not found:
+        return None
+    finest = max(found, key=lambda f: (f[0], -f[1]))
+    others = sorted((f for f in found if f is not finest and f[0] > 1),
+                    key=lambda f: (f[0], f[1]), reverse=True)
+    chosen = others[skip - 1] if 0 < skip <= len(others) else finest
+    return chosen[1:]
 
 
 def _reshape_fixup(out: str, out_axis: int, in_axis: int) -> Fixup:
@@ -77,7 +91,7 @@ def reshape(node: onnx.NodeProto, ctx: Ctx) -> Flow | Block:
         return flow
     if int(np.prod(in_shape)) > _MAX_POSITIONS:
         return Block("reshape of a tensor too large to map")
-    found = best_axis(in_shape, space.axis, out_shape)
+    found = best_axis(in_shape, space.axis, out_shape, ctx.coarse_reshapes.get(node.name, 0))
     if found is None and space.size == 1:  # a single element: any axis of size 1 carries it
         found = (min(1, len(out_shape) - 1), np.zeros(1, np.int64), np.zeros(1, np.int64))
     if found is None:
