@@ -159,7 +159,7 @@ def slice_targets(original: OnnxModule, slices, data: CalibrationData, batch_siz
     convs, _ = eligible_convs(module)
     stats = _output_statistics(module, convs, data, batch_size, world, init_batches)
     removed = {s.initializer: s.removed for s in slices
-               if s.role is Role.PRODUCER and s.axis == 0}
+               if s.role in (Role.PRODUCER, Role.MASK) and s.axis == 0}
     targets = {}
     for conv in convs:
         mean, var = stats[conv.node]

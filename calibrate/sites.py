@@ -1,7 +1,8 @@
 """Mask sites: where the channels of each unit enter the layers that consume them.
 
 A unit's sinks are the initializer axes a rule declared with Role.SINK (Conv W[:, c], Gemm and
-MatMul weight rows). Each sink belongs to a node; the node's other operand — the activation it
+MatMul weight rows); a masked unit (head dims of q @ kT, `Flow.mask`) also has the product's
+two operands as sites. Each sink belongs to a node; the node's other operand — the activation it
 multiplies — is the *site*. Removing a unit is, by the exactness oracle's definition, zeroing
 its sink columns, which equals multiplying its channels at every site by 0. A mask of ones at
 the sites therefore has ∂L/∂m_u = Σ_sites Σ_hw x · ∂L/∂x, the quantity Group Fisher squares.
@@ -49,7 +50,9 @@ def _data_slot(node, weight_slot: int, channels: Channels, inits: set[str]) -> i
 
 
 def mask_sites(channels: Channels) -> list[Site]:
-    """One site per (node, activation slot) that feeds a sink, in graph order."""
+    """One site per (node, activation slot) that feeds a sink, and per operand of a product of
+    two activations that sums a masked unit (q @ kT with head-dim units: removing channel j
+    zeroes q's and k's, so its mask multiplies both), in graph order."""
     model = channels.model
     inits = {i.name for i in model.graph.initializer}
     consumers = _consumers(model)
@@ -62,11 +65,16 @@ def mask_sites(channels: Channels) -> list[Site]:
             slot = _data_slot(node, weight_slot, channels, inits)
             if slot is None or (index, slot) in sites:
                 continue
-            name = node.input[slot]
-            space = channels.spaces[tensor_key(name)]
-            sites[(index, slot)] = Site(index, slot, name, space.axis,
-                                        channels.labels[channels.nodes(tensor_key(name))])
+            sites[(index, slot)] = _site(channels, index, slot)
+    for index, slot in channels.mask_sites:
+        sites.setdefault((index, slot), _site(channels, index, slot))
     return [sites[k] for k in sorted(sites)]
+
+
+def _site(channels: Channels, index: int, slot: int) -> Site:
+    name = channels.model.graph.node[index].input[slot]
+    space = channels.spaces[tensor_key(name)]
+    return Site(index, slot, name, space.axis, channels.labels[channels.nodes(tensor_key(name))])
 
 
 def scored_units(sites: list[Site], blocked: np.ndarray) -> np.ndarray:

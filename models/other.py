@@ -62,7 +62,8 @@ YOLO_CONFIGS = {  # name -> (yaml inside ultralytics, outputs)
 # cspresnet50 and inception_v3 add little coverage and a lot of time).
 TIMM_NAMES = ("dla34", "dpn68", "resnest14d", "repvgg_a0", "ghostnetv2_100", "hrnet_w18_small",
               "rexnet_100", "tf_efficientnet_lite0", "mobilevit_xxs", "efficientformerv2_s0",
-              "efficientvit_b0", "convnext_atto")
+              "efficientvit_b0", "convnext_atto", "deit_tiny_patch16_224", "vit_small_patch16_224",
+              "swin_tiny_patch4_window7_224", "levit_128s")
 TORCH_EXPORTERS = ("torchscript", "dynamo")
 PACKAGES = {"ocr": "rapidocr_onnxruntime", "mtcnn": "facenet_pytorch", "yolo": "ultralytics",
             "timm": "timm"}

@@ -22,7 +22,14 @@ from onnxprune.analysis.groups import LayerGroup, layer_groups
 from onnxprune.analysis.keep import keep_requested
 from onnxprune.analysis.normalize import normalize
 from onnxprune.analysis.units import Channels, find_channels
-from onnxprune.config import DEFAULT_ROUNDS, Criterion, PruneConfig, Schedule, Target
+from onnxprune.config import (
+    DEFAULT_ROUNDS,
+    AttentionUnits,
+    Criterion,
+    PruneConfig,
+    Schedule,
+    Target,
+)
 from onnxprune.errors import UserError, first_line
 from onnxprune.model.external import sources
 from onnxprune.model.graph import input_specs, recorded_shapes, static_input_shapes
@@ -51,6 +58,7 @@ class Analysis:
     keep: tuple[str, ...] = ()      # the names kept by request (--keep) ...
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ... their units
     signature: Signature | None = None  # the original's dynamic input dims (rewrite.signature)
+    attention: AttentionUnits = AttentionUnits.HEADS  # what an attention unit is
 
 
 @dataclass
@@ -83,19 +91,21 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
 
 def analyze(model: onnx.ModelProto | str | os.PathLike,
             input_shapes: dict[str, tuple[int, ...]] | None = None,
-            keep: Sequence[str] = ()) -> Analysis:
+            keep: Sequence[str] = (),
+            attention: AttentionUnits = AttentionUnits.HEADS) -> Analysis:
     """Normalise, find channel units and layer groups, build the cost model.
 
-    `keep` names tensors or nodes whose channels must stay (`onnxprune.analysis.keep`)."""
+    `keep` names tensors or nodes whose channels must stay (`onnxprune.analysis.keep`);
+    `attention` says whether a unit of an attention block is a head or a head dim."""
     start = time.perf_counter()
     source = _as_model(model)  # a pruned file's dynamic dims default to its analysis shape
     normalised = normalize(source, {**recorded_shapes(source), **(input_shapes or {})})
-    channels = find_channels(normalised)
+    channels = find_channels(normalised, head_dims=attention is AttentionUnits.DIMS)
     kept = keep_requested(channels, keep)
     groups = layer_groups(channels)
     costs = CostModel(channels)
     return Analysis(normalised, channels, groups, costs, time.perf_counter() - start,
-                    tuple(keep), kept, signature(source, normalised))
+                    tuple(keep), kept, signature(source, normalised), attention)
 
 
 def open_calibration_data(analysis: Analysis, config: PruneConfig, data):
@@ -263,10 +273,11 @@ def _prove_signature(analysis: Analysis, config: PruneConfig, result: PruneResul
 def _analysis(model: onnx.ModelProto | str | os.PathLike | Analysis,
               config: PruneConfig) -> Analysis:
     if not isinstance(model, Analysis):
-        return analyze(model, config.input_shapes, config.keep)
-    if tuple(config.keep) != model.keep:
-        raise UserError(f"the analysis keeps {list(model.keep)} but the config asks to keep "
-                        f"{list(config.keep)}: analyze with the same keep")
+        return analyze(model, config.input_shapes, config.keep, config.attention)
+    if tuple(config.keep) != model.keep or config.attention is not model.attention:
+        raise UserError(f"the analysis keeps {list(model.keep)} with attention units "
+                        f"{model.attention.value} but the config asks for {list(config.keep)}, "
+                        f"{config.attention.value}: analyze with the same settings")
     return model
 
 
@@ -339,9 +350,13 @@ def random_plan(analysis: Analysis, rng: np.random.Generator) -> np.ndarray:
     return removed
 
 
-def check_random_plans(model: onnx.ModelProto, seed: int, n_plans: int = 2) -> int:
-    """Apply `n_plans` random plans and verify each with the oracle; returns how many ran."""
-    analysis = analyze(model)
+def check_random_plans(model: onnx.ModelProto, seed: int, n_plans: int = 2,
+                       attention: AttentionUnits | None = None) -> int:
+    """Apply `n_plans` random plans and verify each with the oracle; returns how many ran.
+    Attention units are heads for an even seed and head dims for an odd one, unless given."""
+    if attention is None:
+        attention = AttentionUnits.DIMS if seed % 2 else AttentionUnits.HEADS
+    analysis = analyze(model, attention=attention)
     if not any(not g.blocked for g in analysis.groups):
         return 0
     rng = np.random.default_rng(seed)

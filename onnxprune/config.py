@@ -31,6 +31,12 @@ class Normalize(enum.Enum):
     LATENCY = "latency"  # importance / Δlatency, HALP-style (onnxprune.latency)
 
 
+class AttentionUnits(enum.Enum):
+    """What a unit of an attention block is (rules/reshape.py, rules/linear.py)."""
+    HEADS = "heads"    # a whole head: q, k, v columns, attention map, output-projection rows
+    DIMS = "dims"      # channel j of every head; q @ kT's j is masked at q's and k's producers
+
+
 class Quantize(enum.Enum):
     INT8 = "int8"      # onnxruntime's static quantizer, QDQ (onnxprune.rewrite.quantize)
 
@@ -104,6 +110,7 @@ class PruneConfig:
     normalize: Normalize = Normalize.MEM
     round_to: int = 8
     max_prune_share: float = DEFAULT_MAX_PRUNE_SHARE  # a layer group loses at most this share
+    attention: AttentionUnits = AttentionUnits.HEADS  # whole heads or head dims as units
     seed: int = 0                # random scores, the calibration subset, the held-out share
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     verify_runs: int = 2

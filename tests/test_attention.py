@@ -4,11 +4,14 @@ exporters' forms of a fused and a separate-projection ViT block; the oracle on e
 import numpy as np
 import pytest
 
+from onnxprune.analysis.flow import param_key, tensor_key
 from onnxprune.analysis.rules.reshape import best_axis
-from onnxprune.api import analyze, prune
-from onnxprune.config import PruneConfig, Target, TargetKind
+from onnxprune.api import analyze, prune, random_plan
+from onnxprune.config import AttentionUnits, PruneConfig, Target, TargetKind
 from onnxprune.plan.planner import chunk_shape, reachable_minimum
 from onnxprune.report.record import analysis_text
+from onnxprune.rewrite.surgery import apply_plan
+from onnxprune.verify.oracle import verify
 from tiny import Units, attention, make, node, prunes_exactly
 
 
@@ -120,3 +123,123 @@ def test_exported_vit_prunes_heads_exactly(tmp_path, exporter, fused):
     assert result.plan.after.mem <= 0.5 * result.plan.before.mem
     assert result.error <= 1e-4
     assert any(result.plan.removed[g.units].any() for g in heads)
+
+
+# ------------------------------------------------------------------ head dims (--attention dims)
+
+def _dims(model):
+    return analyze(model, attention=AttentionUnits.DIMS)
+
+
+def _prunes_dims_exactly(model, plans: int = 6) -> set[str]:
+    """Random plans in head-dim mode, each through the oracle; the roles of their slices."""
+    analysis, rng, roles = _dims(model), np.random.default_rng(0), set()
+    for _ in range(plans):
+        pruned, slices = apply_plan(analysis.channels, random_plan(analysis, rng))
+        verify(analysis.model, pruned, slices, runs=1)
+        roles |= {s.role.value for s in slices}
+    return roles
+
+
+def test_head_dim_j_of_a_fused_projection_is_masked_at_its_producers():
+    """Channel j of every head: q, k and v columns j (fused: one Reshape axis ties them), the
+    proj rows h*Dh + j; q @ kT sums it, so its qkv columns and bias are role mask."""
+    heads, head_dim = 3, 4
+    model = attention(heads, head_dim)
+    channels = _dims(model).channels
+    q = channels.labels[channels.nodes(tensor_key("q"))]
+    assert len(np.unique(q)) == head_dim and channels.masked[q].all()
+    assert not channels.blocked[q].any()
+    qkv = channels.labels[channels.nodes(param_key("qkv_w", 1))]
+    proj = channels.labels[channels.nodes(param_key("proj_w", 0))]
+    for j in range(head_dim):
+        cols = [s * heads * head_dim + h * head_dim + j for s in range(3) for h in range(heads)]
+        assert (qkv[cols] == q[j]).all()
+        assert (proj[np.arange(heads) * head_dim + j] == q[j]).all()
+    assert {"mask", "sink"} <= _prunes_dims_exactly(model)
+
+
+def test_separate_projections_give_v_its_own_head_dims():
+    """q and k share index j (masked); v's head dims are plain units with sinks."""
+    channels = _dims(attention(3, 4, fused=False)).channels
+    q, k, v = (channels.labels[channels.nodes(tensor_key(t))] for t in "qkv")
+    assert np.array_equal(q, k) and channels.masked[q].all()
+    assert not set(v) & set(q) and not channels.masked[v].any() and not channels.blocked[v].any()
+    assert {"mask", "sink", "producer"} <= _prunes_dims_exactly(attention(3, 4, fused=False))
+
+
+def test_a_masked_unit_through_an_op_that_breaks_zero_is_blocked():
+    """Sigmoid(0) = 0.5: zeroing q's producers would not remove its term from q @ kT."""
+    model = attention(1, 8)
+    for n in model.graph.node:
+        if n.op_type == "Mul" and n.input[0] == "q":
+            n.input[0] = "q_gate"
+    model.graph.node.insert(0, node("Sigmoid", ["q"], ["q_gate"]))
+    order = [n.output[0] for n in model.graph.node]
+    model.graph.node.sort(key=lambda n: order.index("q_gate") + 0.5 if n.op_type == "Sigmoid"
+                          else order.index(n.output[0]))
+    channels = _dims(model).channels
+    labels = channels.labels[channels.nodes(tensor_key("q"))]
+    assert channels.blocked[labels].all()
+    reasons = {r for c in np.unique(labels) for r in channels.reasons.get(int(c), [])}
+    assert any("does not map zero to zero" in r for r in reasons)
+
+
+def test_fisher_masks_the_product_operands_of_a_masked_unit():
+    from calibrate.sites import mask_sites
+
+    channels = _dims(attention(3, 4, fused=False)).channels
+    names = {s.tensor for s in mask_sites(channels)}
+    product = next(n for n in channels.model.graph.node if n.output[0] == "scores")
+    assert set(product.input) <= names
+
+
+def test_cli_head_dims_report_recomputes_the_oracle(tmp_path):
+    """`--attention dims` end to end: the report's sink and mask slices zeroed in the original
+    give the pruned model's outputs."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from onnxprune.cli.main import main
+    from tiny import zero_sinks
+
+    src, out, report = tmp_path / "a.onnx", tmp_path / "p.onnx", tmp_path / "r.json"
+    onnx.save(attention(2, 8, tokens=6), src)
+    assert main([str(src), "--target-mem", "0.6", "--attention", "dims", "--round-to", "1",
+                 "-o", str(out), "--report", str(report)]) == 0
+    record = json.loads(report.read_text())
+    assert "mask" in {s["role"] for s in record["slices"]}
+    reference = zero_sinks(onnx.load(src), record["slices"])
+    x = {"x": np.random.default_rng(3).standard_normal((1, 16, 6)).astype(np.float32)}
+    want = ort.InferenceSession(reference.SerializeToString()).run(None, x)[0]
+    got = ort.InferenceSession(str(out)).run(None, x)[0]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    assert record["options"]["attention"] == "dims"
+
+
+def test_fisher_scores_the_masked_head_dims_of_an_exported_vit(tmp_path):
+    """Separate q / k projections: their head dims have no sink, only the product's operands,
+    and still get a Fisher score (a unit with no site would score 0 and go first)."""
+    torch = pytest.importorskip("torch")
+    from calibrate.data import open_data
+    from calibrate.scoring import data_scores
+    from onnxprune.config import CalibrationConfig, Criterion
+    from onnxprune.model.graph import input_specs
+    from onnxprune.models.fashion_vit import ViT
+
+    torch.manual_seed(0)
+    model = ViT(image=12, patch=4, dim=16, depth=1, heads=2, mlp=32, fused=False).eval()
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 12, 12),), None, dynamo=True).save(str(path))
+    analysis = _dims(str(path))
+    masked = np.flatnonzero(analysis.channels.masked & ~analysis.channels.blocked)
+    assert len(masked) == 8  # head dims of q and k
+    rng = np.random.default_rng(0)
+    chunks = [({"x": rng.standard_normal((1, 1, 12, 12)).astype(np.float32)},
+               rng.integers(0, 10, 1)) for _ in range(8)]
+    data = open_data(chunks, input_specs(analysis.model))
+    result = data_scores(analysis.channels, Criterion.FISHER, data,
+                         CalibrationConfig(batch_size=1, max_batches=None), 0)
+    assert (result.scores[masked] > 0).all()

@@ -32,11 +32,6 @@ UNREACHABLE = {
                "channels and holds 50.5% of M at 48x48 (conv2 16 -> 8, conv3 32 -> 8); the 2 "
                "probability and 4 box channels (5.1%) are graph outputs. With --round-to 1 the "
                "minimum is 0.121."),
-    ("mobilevit_xxs", 0.5): (
-        0.559, "attention: the N x N maps are summed by attn @ v (23% of M), the fused qkv "
-               "projection puts q, k and v channel j in one unit and q @ kT sums over it (12%), "
-               "the transformer trunk is LayerNorm'd over channels (7%): 57.4% prunable "
-               "(docs/unseen-models.md)"),
 }
 # Internal errors (exit 1) are onnxprune bugs, not expectations: model id -> the error.
 # Marked xfail(strict=True, raises=InternalError) so a fix shows up as XPASS.
@@ -120,7 +115,7 @@ def _reference(source: str, record: dict):
     and where the zeroing was done: "original", or "normalised" (onnxprune's normalised model)
     when a sink is not a weight of the original file (folded constants, per-user copies)."""
     shapes = {k: tuple(v) for k, v in record["options"]["input_shapes"].items()}
-    sinks = [s for s in record["slices"] if s["role"] == "sink"]
+    sinks = [s for s in record["slices"] if s["role"] in ("sink", "mask")]
     model, where = onnx.load(source), "original"
     _ONNX.fix_shapes(model, shapes)
     if not all(s["initializer"] in _ONNX.weights(model) for s in sinks):

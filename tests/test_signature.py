@@ -85,7 +85,7 @@ def _masked(original: onnx.ModelProto, record: dict) -> onnx.ModelProto:
     masked.CopyFrom(original)
     inits = {i.name: i for i in masked.graph.initializer}
     for s in record["slices"]:
-        if s["role"] == "sink":
+        if s["role"] in ("sink", "mask"):
             value = numpy_helper.to_array(inits[s["initializer"]]).copy()
             np.moveaxis(value, s["axis"], 0)[s["removed"]] = 0
             inits[s["initializer"]].CopyFrom(numpy_helper.from_array(value, s["initializer"]))

@@ -118,7 +118,7 @@ def zero_sinks(model, slices):
     the report's `slices` set to zero (the masked original)."""
     inits = {i.name: i for i in model.graph.initializer}
     for s in slices:
-        if s["role"] == "sink":
+        if s["role"] in ("sink", "mask"):
             value = numpy_helper.to_array(inits[s["initializer"]]).copy()
             np.moveaxis(value, s["axis"], 0)[s["removed"]] = 0
             inits[s["initializer"]].CopyFrom(numpy_helper.from_array(value, s["initializer"]))

@@ -52,7 +52,8 @@ from onnxprune.model.io import cache_dir, write_atomic  # noqa: E402
 TIMM_MODELS = ("cspresnet50", "dla34", "dpn68", "resnest14d", "repvgg_a0", "ghostnetv2_100",
                "hrnet_w18_small", "res2net50_14w_8s", "skresnet18", "rexnet_100",
                "tf_efficientnet_lite0", "mobilevit_xxs", "efficientformerv2_s0", "efficientvit_b0",
-               "inception_v3", "convnext_atto")
+               "inception_v3", "convnext_atto", "deit_tiny_patch16_224", "vit_small_patch16_224",
+               "swin_tiny_patch4_window7_224", "levit_128s")
 OCR_MODELS = {"ocr_det": ("ch_PP-OCRv4_det_infer.onnx", "1x3x640x640"),
               "ocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "1x3x48x192"),
               "ocr_rec": ("ch_PP-OCRv4_rec_infer.onnx", "1x3x48x320")}
@@ -278,7 +279,7 @@ def recompute(path: Path, report: dict, pruned_path: Path) -> dict:
     shapes = {k: tuple(v) for k, v in report["options"]["input_shapes"].items()}
     sinks = collections.defaultdict(list)
     for s in report["slices"]:
-        if s["role"] == "sink":
+        if s["role"] in ("sink", "mask"):
             sinks[s["initializer"]].append((s["axis"], s["removed"]))
     reference, where = onnx.load(str(path)), "orig"
     fix_shapes(reference, shapes)

@@ -2,8 +2,13 @@
 
     python tools/bench_zoo.py [--target 0.5] [--runs 30] [--exporters torchscript,dynamo]
                               [--models resnet50,vgg11_bn] [--no-latency]
+                              [--other deit_tiny_patch16_224,swin_tiny_patch4_window7_224]
 
-Columns: prunable share of M; M / MACs / params after ÷ before; the prune pipeline time
+`--other` benches models of models/other.py (timm: `pip install timm`) instead of the
+torchvision zoo, by name, for each exporter.
+
+Columns: prunable share of M; the reachable minimum of M (each group keeping 10 % and one
+round-to unit); M / MACs / params after ÷ before; the prune pipeline time
 (load + analysis + planning + surgery + verification, wall clock); onnxruntime CPU latency of
 the original file and of the pruned model (batch 1, median of `--runs` interleaved runs, all
 cores); the speed-up, the MACs ideal (before ÷ after MACs) and achieved ÷ ideal.
@@ -18,10 +23,12 @@ import numpy as np
 from onnxprune.api import prune  # noqa: E402
 from onnxprune.bench.onnxruntime import latency_interleaved  # noqa: E402
 from onnxprune.config import PruneConfig, Target, TargetKind  # noqa: E402
+from onnxprune.models.other import build  # noqa: E402
 from onnxprune.models.zoo import ZOO, Exporter, cached_model  # noqa: E402
+from onnxprune.plan.planner import reachable_minimum  # noqa: E402
 
-HEADER = ("| model | exporter | prunable M | M | MACs | params | prune s | ORT before ms | "
-          "ORT after ms | speed-up | MACs ideal | achieved/ideal |")
+HEADER = ("| model | exporter | prunable M | reachable M | M | MACs | params | prune s | "
+          "ORT before ms | ORT after ms | speed-up | MACs ideal | achieved/ideal |")
 
 
 def prunable_share(result) -> float:
@@ -32,14 +39,22 @@ def prunable_share(result) -> float:
     return prunable / result.plan.before.mem
 
 
-def bench_one(name: str, exporter: Exporter, target: float, runs: int, latency: bool) -> str:
-    path = cached_model(name, exporter)
+def reachable_share(result, config: PruneConfig) -> float:
+    a = result.analysis
+    floor = reachable_minimum(a.channels, a.groups, a.costs, config.round_to,
+                              config.max_prune_share)
+    return floor.mem / result.plan.before.mem
+
+
+def bench_one(name: str, exporter: str, path, target: float, runs: int, latency: bool) -> str:
+    config = PruneConfig(Target(TargetKind.MEM, target))
     tick = time.perf_counter()
-    result = prune(str(path), PruneConfig(Target(TargetKind.MEM, target)))
+    result = prune(str(path), config)
     seconds = time.perf_counter() - tick
     before, after = result.plan.before, result.plan.after
     ideal = before.macs / after.macs
-    cells = [name, exporter.value, f"{prunable_share(result):.0%}", f"{after.mem / before.mem:.3f}",
+    cells = [name, exporter, f"{prunable_share(result):.0%}",
+             f"{reachable_share(result, config):.3f}", f"{after.mem / before.mem:.3f}",
              f"{after.macs / before.macs:.3f}", f"{after.params / before.params:.3f}",
              f"{seconds:.1f}"]
     if latency:
@@ -59,15 +74,18 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(ZOO))
     parser.add_argument("--exporters", default=",".join(e.value for e in Exporter))
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--other", help="models/other.py names (timm) instead of the zoo")
     args = parser.parse_args()
     print(f"--target-mem {args.target}, criterion l1, round-to 8; latency: onnxruntime CPU, "
           f"batch 1, median of {args.runs} interleaved runs")
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
-    for name in args.models.split(","):
+    for name in (args.other or args.models).split(","):
         for exporter in args.exporters.split(","):
-            print(bench_one(name, Exporter(exporter), args.target, args.runs,
-                            not args.no_latency), flush=True)
+            path = (build(f"{name}-{exporter}") if args.other
+                    else cached_model(name, Exporter(exporter)))
+            print(bench_one(name, exporter, path, args.target, args.runs, not args.no_latency),
+                  flush=True)
     return 0
 
 

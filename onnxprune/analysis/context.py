@@ -88,7 +88,7 @@ class Ctx:
     def __init__(self, model: onnx.ModelProto, opset: int,
                  space_of: Callable[[str], Space | None],
                  per_index_groups: frozenset[str] = frozenset(),
-                 coarse_reshapes: Mapping[str, int] | None = None):
+                 coarse_reshapes: Mapping[str, int] | None = None, head_dims: bool = False):
         self.model = model
         self.opset = opset
         # grouped convs whose whole-group units collapsed (see rules/conv.py)
@@ -96,6 +96,8 @@ class Ctx:
         # reshapes whose finest axis is summed by a product of two activations (attention:
         # the head dim of q @ kT) -> which other axis they map (rules/reshape.best_axis's skip)
         self.coarse_reshapes = dict(coarse_reshapes or {})
+        # attention units are head dims: q @ kT's summed channel j is masked (rules/linear.py)
+        self.head_dims = head_dims
         self.shapes = static_shapes(model)
         self._inits = {i.name: i for i in model.graph.initializer}
         self.dequantized = dequantized_constants(model)  # DQ outputs read as constants

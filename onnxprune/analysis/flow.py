@@ -61,6 +61,10 @@ class Role(enum.Enum):
     PRODUCER = "producer"
     SINK = "sink"
     PASSTHROUGH = "passthrough"
+    # a slice of a removed unit whose channels a product of two activations sums (q @ kT's head
+    # dims): the oracle's reference zeroes it, as it zeroes sinks (DESIGN.md §3). Only surgery's
+    # slices carry it: rules declare producers and passthroughs, the analysis marks the unit.
+    MASK = "mask"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Flow:
     params: list[ParamDecl] = field(default_factory=list)
     consts: set[str] = field(default_factory=set)  # initializer inputs this rule understands
     blocks: list[tuple[Key, str, np.ndarray | None]] = field(default_factory=list)
+    masks: list[str] = field(default_factory=list)  # inputs summed with no weight (`mask`)
     fixup: Fixup | None = None
 
     def output(self, tensor: str, axis: int, size: int) -> Flow:
@@ -105,6 +110,14 @@ class Flow:
         if idx is None:
             idx = np.arange(size)
         return self.link(param_key(initializer, axis), np.arange(len(idx)), to, idx)
+
+    def mask(self, tensor: str) -> Flow:
+        """The node sums input `tensor`'s channels with no weight to slice (q @ kT over the
+        head dim): removing one is zeroing it, which the reference does by zeroing its unit's
+        producer and per-channel parameters (role `mask`), so the unit is prunable only where
+        every op between those and here maps zero to zero (units.py checks)."""
+        self.masks.append(tensor)
+        return self
 
     def block(self, key: Key, reason: str, idx=None) -> Flow:
         """Channels `idx` of space `key` (all of them by default) cannot be removed."""

@@ -24,6 +24,7 @@ import onnx
 
 from onnxprune.analysis.context import Ctx, Space, static_shapes
 from onnxprune.analysis.flow import Block, Fixup, Flow, Key, ParamKey, Role, param_key, tensor_key
+from onnxprune.analysis.masking import keeps_zero
 from onnxprune.analysis.rules import find_rule, op_name
 from onnxprune.analysis.rules.contrib import standard_op_type
 from onnxprune.analysis.rules.linear import ACTIVATION_PRODUCT
@@ -73,6 +74,11 @@ class Channels:
     rule_error_reasons: dict[int, list[str]] = field(default_factory=dict)
     # reshape -> which other axis it maps (rules/reshape.best_axis): attention heads
     coarse_reshapes: Mapping[str, int] = field(default_factory=dict)
+    # per component: summed by a product of two activations (head dims), so its producer
+    # and per-channel slices are role `mask` (Flow.mask); and the (node, input slot) of
+    # each such product, where calibration puts their Fisher masks
+    masked: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    mask_sites: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def n_components(self) -> int:
@@ -93,7 +99,7 @@ class _Mark(NamedTuple):
 
 class _Builder:
     def __init__(self, model: onnx.ModelProto, per_index_groups: frozenset[str],
-                 coarse_reshapes: Mapping[str, int]):
+                 coarse_reshapes: Mapping[str, int], head_dims: bool = False):
         self.model = model
         self.spaces: dict[Key, SpaceInfo] = {}
         self.size = 0
@@ -105,7 +111,11 @@ class _Builder:
         self.foreign_reads: list[tuple[str, str, bool]] = []  # (initializer, where, rule error)
         self.fixups: list[tuple[int, Fixup]] = []
         self.rule_errors: list[RuleError] = []
-        self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups, coarse_reshapes)
+        self.masked: list[str] = []  # tensors a product of two activations sums (Flow.mask)
+        self.mask_sites: list[tuple[int, int]] = []
+        self.zero_breakers: dict[str, str] = {}  # tensor -> the node that makes it from zeros
+        self.ctx = Ctx(model, opset(model), self.space_of, per_index_groups, coarse_reshapes,
+                       head_dims)
 
     def new_space(self, key: Key, axis: int, size: int, role: Role | None = None) -> SpaceInfo:
         if key not in self.spaces:
@@ -155,6 +165,11 @@ class _Builder:
                 self.foreign_reads.append((name, where, False))
         if result.fixup is not None:
             self.fixups.append((index, result.fixup))
+        for name in result.masks:
+            self.masked.append(name)
+            self.mask_sites.append((index, list(node.input).index(name)))
+        if not keeps_zero(node, result, self.ctx):
+            self.zero_breakers.update((name, where) for name in result.outputs)
 
     def _fits(self, flow: Flow) -> bool:
         """Every linked index lies inside its space (a malformed graph must not slip by)."""
@@ -216,10 +231,26 @@ class _Builder:
                 self.blocks.append(_Mark(key, reason, rule_error=rule_error))
         return self._components()
 
+    def _masked(self, labels: np.ndarray) -> np.ndarray:
+        """Components summed with no weight; those that also pass a node that does not map
+        zero to zero are blocked: zeroing their producers would not be a masking."""
+        masked = np.zeros(labels.max() + 1 if self.size else 0, dtype=bool)
+        for name in self.masked:
+            info = self.spaces[tensor_key(name)]
+            masked[labels[info.offset:info.offset + info.size]] = True
+        for name, where in self.zero_breakers.items():
+            info = self.spaces[tensor_key(name)]
+            if masked[labels[info.offset:info.offset + info.size]].any():
+                self.blocks.append(_Mark(tensor_key(name), f"{where} does not map zero to zero, "
+                                         "so zeroing the producers of channels that a product "
+                                         "of two activations sums is not a masking"))
+        return masked
+
     def _components(self) -> Channels:
         a = np.concatenate([e[0] for e in self.edges]) if self.edges else np.zeros(0, np.int64)
         b = np.concatenate([e[1] for e in self.edges]) if self.edges else np.zeros(0, np.int64)
         _, labels = np.unique(components(self.size, a, b), return_inverse=True)
+        masked = self._masked(labels)
         blocked = np.zeros(labels.max() + 1 if self.size else 0, dtype=bool)
         reasons: dict[int, list[str]] = {}
         errors: dict[int, list[str]] = {}
@@ -233,10 +264,11 @@ class _Builder:
                 if mark.reason not in found.setdefault(comp, []):
                     found[comp].append(mark.reason)
         return Channels(self.model, self.spaces, labels, blocked, reasons, self.fixups,
-                        self.rule_errors, errors, self.ctx.coarse_reshapes)
+                        self.rule_errors, errors, self.ctx.coarse_reshapes, masked,
+                        self.mask_sites)
 
 
-def find_channels(model: onnx.ModelProto) -> Channels:
+def find_channels(model: onnx.ModelProto, head_dims: bool = False) -> Channels:
     """Run every node's rule over a normalised model (topologically sorted, static shapes).
 
     Two choices are revisited, and the analysis is run again until neither changes:
@@ -246,23 +278,26 @@ def find_channels(model: onnx.ModelProto) -> Channels:
     - a reshape maps channels on its finest axis; where a product of two activations then
       blocks them (attention: q @ kT sums over the head dim), it maps them on its next axis
       (the heads) instead. Each pass can only add names, so this ends.
+    With `head_dims`, reshapes keep their finest axis and q @ kT's summed head dims are
+    masked units instead (rules/linear.py, `Flow.mask`).
     """
     per_index: frozenset[str] = frozenset()
     coarse: dict[str, int] = {}
     while True:
-        channels = _analyse(model, per_index, coarse)
+        channels = _analyse(model, per_index, coarse, head_dims)
         more_index = per_index | frozenset(_collapsed_group_convs(channels))
-        more_coarse = {**coarse, **_reshapes_to_remap(channels)}
+        more_coarse = coarse if head_dims else {**coarse, **_reshapes_to_remap(channels)}
         if (more_index, more_coarse) == (per_index, coarse):
             return channels
         per_index, coarse = more_index, more_coarse
 
 
 def _analyse(model: onnx.ModelProto, per_index_groups: frozenset[str],
-             coarse_reshapes: Mapping[str, int] | None = None) -> Channels:
+             coarse_reshapes: Mapping[str, int] | None = None,
+             head_dims: bool = False) -> Channels:
     from onnxprune.verify.partial import dropped_nodes
 
-    builder = _Builder(model, per_index_groups, coarse_reshapes or {})
+    builder = _Builder(model, per_index_groups, coarse_reshapes or {}, head_dims)
     nodes = model.graph.node
     unverifiable = dropped_nodes(model)  # node -> the node the oracle cannot run before it
     for index, node in enumerate(nodes):

@@ -14,6 +14,7 @@ from onnxprune.bench.base import BackendKind
 from onnxprune.cli.data import calibration, criterion, finetune, recovery
 from onnxprune.config import (
     DEFAULT_MAX_PRUNE_SHARE,
+    AttentionUnits,
     Criterion,
     LatencyConfig,
     Normalize,
@@ -86,6 +87,11 @@ def add_planning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prune-share", type=share, default=DEFAULT_MAX_PRUNE_SHARE,
                    metavar="F", help="a layer group loses at most this share of its channels "
                    f"(default {DEFAULT_MAX_PRUNE_SHARE:g}; 1: down to one --round-to unit)")
+    p.add_argument("--attention", choices=[a.value for a in AttentionUnits],
+                   default=AttentionUnits.HEADS.value,
+                   help="attention units: whole heads (default), or channel j of every head "
+                        "(q @ kT's channel j is removed by zeroing q's and k's producers: role "
+                        "'mask' in the report)")
 
 
 def input_shapes(args, model) -> dict[str, tuple[int, ...]]:
@@ -151,6 +157,7 @@ def prune_config(args, target: Target, shapes: dict[str, tuple[int, ...]],
     return PruneConfig(target=target, criterion=criterion(args),  # checks in this order
                        normalize=normalize(args, target.kind), round_to=args.round_to,
                        max_prune_share=args.max_prune_share,
+                       attention=AttentionUnits(args.attention),
                        seed=args.seed, input_shapes=shapes, calibration=calibration(args),
                        finetune=finetune(args) if recovers else None,
                        latency=latency, keep=tuple(args.keep), quantize=quantize(args),

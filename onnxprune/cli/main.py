@@ -152,13 +152,15 @@ def run_prune(argv: list[str]) -> int:
 
 def run_analyze(argv: list[str]) -> int:
     from onnxprune.api import analyze
+    from onnxprune.config import AttentionUnits
     from onnxprune.model.io import load
     from onnxprune.plan.planner import reachable_minimum
     from onnxprune.report.record import analysis_text
 
     args = analyze_parser().parse_args(argv)
     model = load(args.model)
-    analysis = analyze(model, input_shapes(args, model), args.keep)
+    analysis = analyze(model, input_shapes(args, model), args.keep,
+                       AttentionUnits(args.attention))
     minimum = reachable_minimum(analysis.channels, analysis.groups, analysis.costs, args.round_to,
                                 args.max_prune_share)
     print(analysis_text(analysis, minimum, (args.round_to, args.max_prune_share)))

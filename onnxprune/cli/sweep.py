@@ -74,7 +74,8 @@ def sweep(model: onnx.ModelProto, targets: list[float], config: PruneConfig,
     from onnxprune.latency.measure import measure
 
     points, scores = [], None
-    analysis = analyze(model, config.input_shapes, config.keep)  # once for every target
+    # once for every target
+    analysis = analyze(model, config.input_shapes, config.keep, config.attention)
     for goal in targets:
         result = prune(analysis, replace(config, target=Target(config.target.kind, goal)),
                        scores=scores, data=data)

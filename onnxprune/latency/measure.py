@@ -72,7 +72,8 @@ def prune_to_latency(model, config: PruneConfig, data=None) -> tuple[object, dic
 
     latency, goal = config.latency or LatencyConfig(), config.target.fraction
     planned, scores, runs, attempts = goal, None, [], []
-    analysis = analyze(model, config.input_shapes, config.keep)  # once for every re-plan
+    # once for every re-plan
+    analysis = analyze(model, config.input_shapes, config.keep, config.attention)
     tick = time.perf_counter()
     for _ in range(latency.retries + 1):
         try:

@@ -56,6 +56,7 @@ def prune_record(result: PruneResult, config: PruneConfig, source: str, output: 
                                "fraction": config.target.fraction},
                     "criterion": config.criterion.value, "normalize": config.normalize.value,
                     "round_to": config.round_to, "max_prune_share": config.max_prune_share,
+                    "attention": config.attention.value,
                     "seed": config.seed,
                     "calibration": {"batch_size": config.calibration.batch_size,
                                     "max_batches": config.calibration.max_batches,

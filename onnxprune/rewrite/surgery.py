@@ -70,6 +70,17 @@ class Edit:
         node.input[slot] = name
 
 
+def _slices(name: str, info: SpaceInfo, removed: np.ndarray, channels: Channels) -> list[Slice]:
+    """The removed indices of one initializer axis, in its role; producer and per-channel
+    indices of masked units (summed with no weight: Flow.mask) are role `mask` instead."""
+    masked = np.zeros(len(removed), bool)
+    if info.role is not Role.SINK and channels.masked.size:
+        masked = channels.masked[channels.labels[info.offset:info.offset + info.size]]
+    return [Slice(name, info.axis, np.flatnonzero(removed & which).tolist(), role)
+            for which, role in ((~masked, info.role), (masked, Role.MASK))
+            if (removed & which).any()]
+
+
 def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]:
     by_init: dict[str, list[SpaceInfo]] = {}
     for key, info in channels.spaces.items():
@@ -85,8 +96,7 @@ def _slice_initializers(model, channels: Channels, removed_nodes) -> list[Slice]
             mask = removed_nodes[info.offset:info.offset + info.size]
             if mask.any():
                 data, changed = np.take(data, np.flatnonzero(~mask), axis=info.axis), True
-                slices.append(Slice(init.name, info.axis, np.flatnonzero(mask).tolist(),
-                                    info.role))
+                slices += _slices(init.name, info, mask, channels)
         if changed:
             init.CopyFrom(numpy_helper.from_array(data, init.name))
     return slices

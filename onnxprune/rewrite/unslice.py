@@ -59,7 +59,8 @@ def unslice(original: onnx.ModelProto, pruned: onnx.ModelProto,
             if name in originals or name not in values:  # "" keeps later slots in place
                 mine.input.append(name)
                 continue
-            out_cuts = [c for c in cuts.get(mine.input[1], []) if c.role is Role.PRODUCER]
+            out_cuts = [c for c in cuts.get(mine.input[1], [])
+                        if c.role in (Role.PRODUCER, Role.MASK)]
             weight = next(i for i in out.graph.initializer if i.name == mine.input[1])
             value = expand(numpy_helper.to_array(values[name]),
                            [Slice(name, 0, c.removed, c.role) for c in out_cuts],

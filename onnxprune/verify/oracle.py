@@ -64,12 +64,12 @@ def zero_points(model: onnx.ModelProto, names) -> dict[str, np.ndarray]:
 
 
 def reference_weights(original: onnx.ModelProto, slices: Sequence[Slice]):
-    """The original as (light model, weight feeds) with the sink slices of removed channels set
-    to zero (a weight stored quantized: to its zero point, which dequantizes to 0); large
+    """The original as (light model, weight feeds) with the sink and mask slices of removed
+    channels zeroed (a weight stored quantized: to its zero point, which dequantizes to 0); large
     weights are fed as inputs (see weights.py), small ones stay initializers."""
     sinks: dict[str, list[Slice]] = {}
     for s in slices:
-        if s.role is Role.SINK:
+        if s.role in (Role.SINK, Role.MASK):
             sinks.setdefault(s.initializer, []).append(s)
     zeros = zero_points(original, set(sinks))
     light, large = detach(original)

@@ -96,6 +96,8 @@ def _matmul_activations(node, ctx):
     sa, oa = _side(ctx, a, len(out_shape), -1, -2)
     sb, ob = _side(ctx, b, len(out_shape), -2, -1)
     axis = oa if oa is not None else ob
+    if axis is None and ctx.head_dims and sa.size == sb.size:
+        return _masked_product(node, ctx)
     if axis is None:
         return Block(SUMMED)
     flow = Flow().output(out, axis, out_shape[axis])
@@ -108,3 +110,16 @@ def _matmul_activations(node, ctx):
             return Block(APART)
         flow.block(T(name), NOT_OUTPUT)
     return flow
+
+
+def _masked_product(node, ctx):
+    """q @ kT with attention units of head dims: q's channel j and k's channel j are one
+    channel, summed here with no weight; the pruned product drops the term, which equals
+    zeroing both (`Flow.mask`). The product (the attention map) has no channel of theirs."""
+    a, b, out = node.input[0], node.input[1], node.output[0]
+    size = ctx.space(a).size
+    rank = ctx.rank(out)
+    flow = Flow().output(out, rank - 1, ctx.shape(out)[-1]).same(T(a), T(b), size)
+    flow.block(T(out), "the product of two activations has no channels of theirs")
+    return flow.mask(a).mask(b)
+
