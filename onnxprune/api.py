@@ -274,10 +274,12 @@ def _analysis(model: onnx.ModelProto | str | os.PathLike | Analysis,
               config: PruneConfig) -> Analysis:
     if not isinstance(model, Analysis):
         return analyze(model, config.input_shapes, config.keep, config.attention)
-    if tuple(config.keep) != model.keep or config.attention is not model.attention:
-        raise UserError(f"the analysis keeps {list(model.keep)} with attention units "
-                        f"{model.attention.value} but the config asks for {list(config.keep)}, "
-                        f"{config.attention.value}: analyze with the same settings")
+    if tuple(config.keep) != model.keep:
+        raise UserError(f"the analysis keeps {list(model.keep)} but the config asks to keep "
+                        f"{list(config.keep)}: analyze with the same keep")
+    if config.attention is not model.attention:
+        raise UserError(f"the analysis has attention units of {model.attention.value} but the "
+                        f"config asks for {config.attention.value}: analyze with the same ones")
     return model
 
 

@@ -243,3 +243,12 @@ def test_fisher_scores_the_masked_head_dims_of_an_exported_vit(tmp_path):
     result = data_scores(analysis.channels, Criterion.FISHER, data,
                          CalibrationConfig(batch_size=1, max_batches=None), 0)
     assert (result.scores[masked] > 0).all()
+
+
+def test_an_analysis_is_reused_only_with_the_same_attention_units():
+    from onnxprune.errors import UserError
+
+    analysis = analyze(attention(2, 8))
+    config = PruneConfig(target=Target(TargetKind.MEM, 0.8), attention=AttentionUnits.DIMS)
+    with pytest.raises(UserError, match="attention units of heads"):
+        prune(analysis, config)
