@@ -1,6 +1,7 @@
 """Every torchvision classification model through the CLI: internal errors are bugs.
 
     python tools/sweep_torchvision.py [--target 0.5] [--max-params 100e6] [--exporter torchscript]
+                                      [--models swin_t,maxvit_t]
 
 Each model (random weights, BatchNorm calibrated, see models/zoo.py) is exported once (cached)
 and pruned with `python -m onnxprune MODEL --target-mem T`. A model either prunes (exit 0: the
@@ -59,10 +60,14 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--max-params", type=float, default=100e6)
     parser.add_argument("--exporter", default="torchscript", choices=[e.value for e in Exporter])
+    parser.add_argument("--models", help="comma-separated subset of the classification models")
     args = parser.parse_args()
+    wanted = set(args.models.split(",")) if args.models else None
     counts = {"pruned": 0, "exit 2": 0, "failed": 0}
     print("| model | exit | result | s |\n|---|---|---|---|")
     for name in classification_models(args.max_params):
+        if wanted is not None and name not in wanted:
+            continue
         try:
             path = cached_model(name, Exporter(args.exporter), image_size=SIZES.get(name, 224))
         except Exception as exc:  # an export failure is torch's, not ours: report and go on
