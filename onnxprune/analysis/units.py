@@ -278,7 +278,8 @@ def find_channels(model: onnx.ModelProto, head_dims: bool = False) -> Channels:
     - a reshape maps channels on its finest axis; where a product of two activations then
       blocks them (attention: q @ kT sums over the head dim), it maps them on its next axis
       (the heads) instead. Each pass only adds names or raises a reshape's `skip`, which
-      stops at its rank, so this ends (timm's ViTs take three passes).
+      stops at its rank, so this ends (timm's DeiT and Swin take two passes, separate q / k /
+      v projections three).
     With `head_dims`, reshapes keep their finest axis and q @ kT's summed head dims are
     masked units instead (rules/linear.py, `Flow.mask`).
     """
