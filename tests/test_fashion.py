@@ -78,7 +78,7 @@ def test_forward_shapes(name):
     with torch.no_grad():
         assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(bns) == {"resnet20": 21, "resnet56": 57, "mobilenetv2_small": 28}[name]
+    assert len(bns) == {"resnet20": 21, "resnet56": 57, "mobilenetv2_small": 28, "vit_p4": 0}[name]
 
 
 def test_resnet20_structure():
@@ -122,8 +122,11 @@ def _random_model(name):
     return model.eval()
 
 
+CNNS = [m for m in fashion.MODELS if not m.startswith("vit")]
+
+
 @pytest.mark.parametrize("exporter", list(Exporter))
-@pytest.mark.parametrize("name", fashion.MODELS)
+@pytest.mark.parametrize("name", CNNS)
 def test_export_keeps_batchnorm_and_matches_torch(name, exporter, tmp_path):
     import onnxruntime as ort
 
@@ -149,6 +152,24 @@ def test_export_keeps_batchnorm_and_matches_torch(name, exporter, tmp_path):
     (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, {"input": x.numpy()})
     # the oracle's tolerance: ResNet-56's 27 blocks with random BN grow the logits large
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()), rtol=0)
+
+
+@pytest.mark.parametrize("exporter", list(Exporter))
+def test_vit_exports_its_attention_and_matches_torch(exporter, tmp_path):
+    """The ViT's attention is spelled out (MatMul, Softmax), so onnxprune reads its heads."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = fashion.build_model("vit_p4").eval()
+    path = fashion.export_onnx(model, tmp_path / "v.onnx", exporter)
+    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops["Softmax"] == 4 and ops["MatMul"] >= 4 * 4
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})
     np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()), rtol=0)
 
 
