@@ -14,7 +14,8 @@ test top-1 on the 10,000 test images is measured. Methods (`--methods`, default 
   data, `--rounds`; `--round-to 8`, or the largest of 4, 2, 1 that reaches the target, as
   the table says): `fisher` (iterative), `fisher-r1` (one round, the old
   one-shot), `taylor`, `hrank`, `l1` (the data-free default), `random`; with `--steps`,
-  also `gfp` (pruning while fine-tuning, the paper's Algorithm 2). Any criterion takes
+  also `gfp` (pruning while fine-tuning, the paper's Algorithm 2; with `--methods`, only if
+  listed). Any criterion takes
   `-r<rounds>`, `-s<max prune share>`, `-n<normalize>` and `-nodata` (no refit: a user
   without data) to measure other settings (`fisher-r8-s1`, `lamp-nnone-nodata`).
 - Torch-Pruning 1.6 (`torch-pruning`) on the PyTorch model, global pruning, the classifier
@@ -329,7 +330,8 @@ def _parse(argv):
     p.add_argument("--forms", default="folded", help="kept, folded or kept,folded")
     p.add_argument("--targets", default="0.7,0.5,0.3")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default=",".join([*OURS, *TP, *ONNXSIM]))
+    p.add_argument("--methods", default=None,
+                   help="comma-separated (default: every method; with --steps, gfp too)")
     p.add_argument("--steps", type=int, default=0, help="fine-tuning steps (0: none)")
     p.add_argument("--train", type=int, default=2000, help="training images read")
     p.add_argument("--runs", type=int, default=100, help="interleaved latency rounds")
@@ -343,10 +345,11 @@ def _parse(argv):
     args = p.parse_args(argv)
     args.targets = [float(t) for t in args.targets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.methods = args.methods.split(",")
+    given = args.methods is not None
+    args.methods = (args.methods or ",".join([*OURS, *TP, *ONNXSIM])).split(",")
     args.one_seed = set(filter(None, args.one_seed.split(",")))
-    if args.steps:
-        args.methods = [*args.methods, "gfp"] if "gfp" not in args.methods else args.methods
+    if args.steps and not given and "gfp" not in args.methods:
+        args.methods = [*args.methods, "gfp"]
     return args
 
 
