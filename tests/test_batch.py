@@ -52,3 +52,24 @@ def test_target_without_the_batch_is_left_alone():
 
 def test_dynamic_batch_has_no_static_batch():
     assert batch_free(small_resnet(batch="N")) is None
+
+
+def test_a_reshape_target_in_a_constant_node_is_made_batch_free():
+    """The TorchScript exporter keeps some Reshape targets in Constant nodes (a ViT's
+    [1, N, 3, H, Dh]); they get dim 0 copied too, so the model runs at batch 3."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.model.batch import batch_free
+
+    target = numpy_helper.from_array(np.array([1, 4, 2, 3], np.int64), "t")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["shape"], value=target),
+         helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    free = batch_free(model)
+    x = np.random.default_rng(0).standard_normal((3, 4, 6)).astype(np.float32)
+    (y,) = ort.InferenceSession(free.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x.reshape(3, 4, 2, 3))

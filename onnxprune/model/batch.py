@@ -50,6 +50,16 @@ def _free_dim0(value_infos) -> None:
             dims[0].dim_param = BATCH
 
 
+def _constant_nodes(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of `Constant` nodes holding a tensor (the TorchScript exporter writes Reshape
+    targets that way when it keeps them out of the initializers)."""
+    found = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
 def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """A copy whose batch dim is symbolic, or None when the inputs have no common static batch."""
     b0 = _static_batch(model)
@@ -59,11 +69,13 @@ def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
     free.CopyFrom(model)
     graph = free.graph
     inits = {i.name: i for i in graph.initializer}
+    targets = {**{n: numpy_helper.to_array(i) for n, i in inits.items()}, **_constant_nodes(graph)}
     batched = _batched_tensors(free)
     for node in graph.node:
-        if node.op_type != "Reshape" or node.input[0] not in batched or node.input[1] not in inits:
+        if (node.op_type != "Reshape" or node.input[0] not in batched
+                or node.input[1] not in targets):
             continue
-        target = numpy_helper.to_array(inits[node.input[1]]).copy()
+        target = np.array(targets[node.input[1]]).copy()
         if target.ndim != 1 or len(target) == 0 or target[0] != b0 or (target == 0).any():
             continue
         _drop_allowzero(node)  # without zeros in the target it changes nothing; 0 must copy
