@@ -20,6 +20,8 @@ import onnx
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.models.fuzzattention import self_attention
+
 OPSETS = (11, 13, 17, 18, 21)
 INT64_MAX = 2**63 - 1
 MAX_C = 64  # channel cap, keeps concat chains and flatten heads small
@@ -55,6 +57,15 @@ class _G:
     def raw(self, op: str, inputs: list[str], outputs: list[str], **attrs) -> None:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=self.fresh(op + "_"), **attrs))
         self.used.update(i for i in inputs if i)
+
+    def sized(self, op: str, inputs: list[str], outputs: list[str], values: list[int],
+              **attrs) -> None:
+        """Split sizes / Squeeze axes: an input from opset 13, an attribute before."""
+        if self.opset >= 13:
+            self.raw(op, inputs + [self.ints(values)], outputs, **attrs)
+        else:
+            self.raw(op, inputs, outputs, **{"split" if op == "Split" else "axes": values},
+                     **attrs)
 
     def op(self, op: str, inputs: list[str], c: int, s: int, keep: bool = True, **attrs) -> T:
         """Add a single-output node; ``keep`` puts the result in the pick pool."""
@@ -240,10 +251,7 @@ def b_split(g: _G, x: T) -> None:
         x = conv(g, x, g.chans(), k=1)
     sizes = _cuts(g, x.c, int(g.rng.integers(2, 4)))
     outs = [T(g.fresh("t"), c, x.s) for c in sizes]
-    if g.opset < 13:
-        g.raw("Split", [x.name], [o.name for o in outs], axis=1, split=sizes)
-    else:
-        g.raw("Split", [x.name, g.ints(sizes)], [o.name for o in outs], axis=1)
+    g.sized("Split", [x.name], [o.name for o in outs], sizes, axis=1)
     g.pool.extend(outs)
 
 
@@ -317,65 +325,11 @@ def b_pad_conv(g: _G, x: T) -> None:
     conv(g, p, g.chans(), k=3, pad=0)
 
 
-def _linear(g: _G, x: str, k: int, m: int, s: int) -> str:
-    """x [1, N, k] @ W [k, m], plus a bias Add (70 %)."""
-    y = g.op("MatMul", [x, g.weight(g.rng.normal(0, 1 / np.sqrt(k), (k, m)))], m, s, keep=False)
-    if g.rng.random() < 0.7:
-        y = g.op("Add", [y.name, g.weight(g.rng.normal(0, 0.1, m))], m, s, keep=False)
-    return y.name
-
-
-def _axes(g: _G, op: str, inputs: list[str], outputs: list[str], axes: list[int], **attrs):
-    """Split / Squeeze with their sizes or axes as an input (opset >= 13) or attribute."""
-    key = "split" if op == "Split" else "axes"
-    if g.opset >= 13:
-        g.raw(op, inputs + [g.ints(axes)], outputs, **attrs)
-    else:
-        g.raw(op, inputs, outputs, **{key: axes}, **attrs)
-
-
-def _heads(g: _G, tok: str, c_in: int, n: int, heads: int, dh: int, s: int) -> list[str]:
-    """q, k, v as [1, H, N, Dh]: a fused qkv projection split like timm's, or three."""
-    c = heads * dh
-    if g.rng.random() < 0.5:
-        qkv = g.op("Reshape", [_linear(g, tok, c_in, 3 * c, s), g.ints([1, n, 3, heads, dh])],
-                   c, s, keep=False)
-        t = g.op("Transpose", [qkv.name], c, s, keep=False, perm=[2, 0, 3, 1, 4])
-        parts, out = [g.fresh("t") for _ in range(3)], [g.fresh("t") for _ in range(3)]
-        _axes(g, "Split", [t.name], parts, [1, 1, 1], axis=0)
-        for part, name in zip(parts, out):
-            _axes(g, "Squeeze", [part], [name], [0])
-        return out
-    return [g.op("Transpose", [g.op("Reshape", [_linear(g, tok, c_in, c, s), g.ints(
-        [1, n, heads, dh])], c, s, keep=False).name], c, s, keep=False, perm=[0, 2, 1, 3]).name
-        for _ in range(3)]
-
-
 def b_attention(g: _G, x: T) -> None:
-    """Self-attention over the s*s positions as a ViT exports it: tokens [1,N,C], q / k / v
-    in H heads of Dh, (q * scale) @ kT [+ a per-head bias table], Softmax, @ v, the heads
-    merged by Transpose + Reshape, an output projection, back to [1,C',s,s]."""
-    r = g.rng
+    """Self-attention over the positions (models/fuzzattention.py); above 8x8, a pool."""
     if x.s > 8:
         return b_pool(g, x)
-    n, heads, dh = x.s * x.s, int(r.integers(1, 5)), int(r.integers(1, 7))
-    a = g.op("Reshape", [x.name, g.ints([1, x.c, n])], x.c, x.s, keep=False)
-    tok = g.op("Transpose", [a.name], x.c, x.s, keep=False, perm=[0, 2, 1])
-    q, k, v = _heads(g, tok.name, x.c, n, heads, dh, x.s)
-    kt = g.op("Transpose", [k], dh, x.s, keep=False, perm=[0, 1, 3, 2])
-    qs = g.op("Mul", [q, g.floats(dh ** -0.5)], dh, x.s, keep=False)
-    scores = g.op("MatMul", [qs.name, kt.name], heads, x.s, keep=False)
-    if r.random() < 0.3:
-        table = g.weight(r.normal(0, 0.5, (1, heads, n, n)))
-        scores = g.op("Add", [scores.name, table], heads, x.s, keep=False)
-    attn = g.op("Softmax", [scores.name], heads, x.s, keep=False, axis=-1)
-    ctx = g.op("MatMul", [attn.name, v], heads, x.s, keep=False)
-    ctx_t = g.op("Transpose", [ctx.name], heads, x.s, keep=False, perm=[0, 2, 1, 3])
-    merged = g.op("Reshape", [ctx_t.name, g.ints([1, n, heads * dh])], heads, x.s, keep=False)
-    cout = g.chans()
-    y = g.op("Transpose", [_linear(g, merged.name, heads * dh, cout, x.s)], cout, x.s,
-             keep=False, perm=[0, 2, 1])
-    g.op("Reshape", [y.name, g.ints([1, cout, x.s, x.s])], cout, x.s)
+    self_attention(g, x)
 
 
 BLOCKS = [(b_conv, 6), (b_depthwise, 2), (b_grouped, 2), (bn, 1), (act, 2), (b_residual, 3),

@@ -125,10 +125,22 @@ def _random_model(name):
 CNNS = [m for m in fashion.MODELS if not m.startswith("vit")]
 
 
+def _assert_matches_torch(model, path) -> None:
+    """onnxruntime on the exported file gives torch's logits on one seeded image, within the
+    oracle's tolerance (ResNet-56's 27 blocks with random BN grow the logits large)."""
+    import onnxruntime as ort
+
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()), rtol=0)
+
+
 @pytest.mark.parametrize("exporter", list(Exporter))
 @pytest.mark.parametrize("name", CNNS)
 def test_export_keeps_batchnorm_and_matches_torch(name, exporter, tmp_path):
-    import onnxruntime as ort
 
     model = _random_model(name)
     path = fashion.export_onnx(model, tmp_path / "m.onnx", exporter)
@@ -146,31 +158,19 @@ def test_export_keeps_batchnorm_and_matches_torch(name, exporter, tmp_path):
     assert [o.name for o in proto.graph.output] == ["logits"]
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 1, 28, 28]
-    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected = model(x).numpy()
-    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})
-    # the oracle's tolerance: ResNet-56's 27 blocks with random BN grow the logits large
-    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()), rtol=0)
+    _assert_matches_torch(model, path)
 
 
 @pytest.mark.parametrize("exporter", list(Exporter))
 def test_vit_exports_its_attention_and_matches_torch(exporter, tmp_path):
     """The ViT's attention is spelled out (MatMul, Softmax), so onnxprune reads its heads."""
-    import onnxruntime as ort
 
     torch.manual_seed(0)
     model = fashion.build_model("vit_p4").eval()
     path = fashion.export_onnx(model, tmp_path / "v.onnx", exporter)
     ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
     assert ops["Softmax"] == 4 and ops["MatMul"] >= 4 * 4
-    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected = model(x).numpy()
-    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})
-    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()), rtol=0)
+    _assert_matches_torch(model, path)
 
 
 @needs_data

@@ -168,7 +168,7 @@ class _Builder:
         for name in result.masks:
             self.masked.append(name)
             self.mask_sites.append((index, list(node.input).index(name)))
-        if not keeps_zero(node, result, self.ctx):
+        if self.ctx.head_dims and not keeps_zero(node, result, self.ctx):  # only masks need it
             self.zero_breakers.update((name, where) for name in result.outputs)
 
     def _fits(self, flow: Flow) -> bool:
