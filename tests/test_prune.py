@@ -62,6 +62,16 @@ def test_unreachable_target_names_the_minimum():
         prune(small_resnet(), _config(fraction=0.01))
 
 
+def test_unreachable_message_names_only_blocked_groups_that_hold_memory():
+    """The classifier's 10 outputs and the graph input hold no M: naming them as the cause
+    misled (ResNet-20 at 0.3 named them while --round-to was the reason)."""
+    with pytest.raises(TargetUnreachable) as err:
+        prune(small_resnet(), _config(fraction=0.01))
+    text = str(err.value)
+    assert "blocked groups hold 0% of M" in text and "--round-to" in text
+    assert "largest blocked groups" not in text
+
+
 def test_oracle_is_not_vacuous():
     analysis = analyze(small_resnet(width=32))
     removed = random_plan(analysis, np.random.default_rng(3))

@@ -211,15 +211,20 @@ def _chunk_score(chunk: _Chunks, scores: np.ndarray, norm: np.ndarray) -> float:
 
 def unreachable_message(before: Costs, floor: Costs, target: Target, groups,
                         unit_mem: np.ndarray) -> str:
-    """One line: the reachable minimum and the blocked groups that hold the most memory."""
+    """One line: the reachable minimum, how much of M the blocked groups hold (the rest of the
+    minimum is what the floors keep), and the blocked groups that hold the most of it."""
     kind = target.kind
     reach = cost_value(floor, kind) / max(cost_value(before, kind), 1e-12)
-    blocked = sorted((g for g in groups if g.blocked), key=lambda g: -unit_mem[g.units].sum())[:3]
-    why = "; ".join(f"{unit_mem[g.units].sum() / max(before.mem, 1):.0%} of M in {g.channels} ch "
-                    f"at {g.tensors[0]} ({(g.reasons or g.rule_errors or ['?'])[0]})"
-                    for g in blocked)
+    total = max(before.mem, 1)
+    held = [(unit_mem[g.units].sum() / total, g) for g in groups if g.blocked]
+    held = sorted((h for h in held if h[0] >= 0.005), key=lambda h: -h[0])
+    why = "; ".join(f"{share:.0%} of M in {g.channels} ch at {g.tensors[0]} "
+                    f"({(g.reasons or g.rule_errors or ['?'])[0]})" for share, g in held[:3])
+    blocked = sum(share for share, _ in held)
     return (f"--target-{kind.value} {target.fraction:g} cannot be reached: the reachable minimum "
-            f"is {reach:.3f} of the original with what is prunable"
+            f"is {reach:.3f} of the original with what is prunable (blocked groups hold "
+            f"{blocked:.0%} of M; the rest is what each prunable group keeps under --round-to "
+            f"and --max-prune-share, which a smaller --round-to or a larger share lowers)"
             + (f"; largest blocked groups: {why}" if why else ""))
 
 
