@@ -160,7 +160,7 @@ class FinetuneConfig:
     optimizer: Optimizer = Optimizer.SGD
     weight_decay: float = 5e-4
     batch_size: int = 64
-    temperature: float = 4.0         # distillation temperature (no labels)
+    temperature: float = 4.0         # of the distillation term (with or without labels)
     schedule: Schedule = Schedule.ONESHOT
     prune_every: int = 25            # GFP: steps between removals (paper: 25 classification)
     prune_count: int = 1             # GFP: units removed each time

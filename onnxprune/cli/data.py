@@ -64,7 +64,7 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     f.add_argument("--optimizer", choices=[o.value for o in Optimizer], default="sgd")
     f.add_argument("--weight-decay", type=float, default=5e-4)
     f.add_argument("--temperature", type=float, default=4.0,
-                   help="distillation temperature (used without labels)")
+                   help="distillation temperature of the KD term (with or without labels)")
     f.add_argument("--prune-every", type=int, default=25, metavar="D",
                    help="gfp: steps between removals (paper: 25 for classification)")
     f.add_argument("--prune-count", type=int, default=1, metavar="K",
