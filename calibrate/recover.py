@@ -176,7 +176,8 @@ def _finetune(original, start, train, held, config: PruneConfig, w: World, steps
     (calibrate/reparam.py). Returns (model, log, checkpoints)."""
     student = _module(start, w, "pruned")
     checks = Checkpoints(_module(original, w, "original").eval(), held, output_kinds(start),
-                         train.has_labels, max(1, steps // CHECKPOINTS), w.device)
+                         train.has_labels, max(1, steps // CHECKPOINTS), w.device,
+                         config.finetune.temperature)
     targets = slice_targets(_module(cut[0], w, "original"), cut[1], train,
                             config.finetune.batch_size, w)
     log = finetune(student, _teacher(original, w), train, config.finetune,

@@ -46,3 +46,53 @@ def test_min_agreement():
         require_agreement(_fid(0.79), 0.8)
     with pytest.raises(UserError, match="no held-out"):
         require_agreement(None, 0.5)
+
+
+def _held(n: int, labels):
+    import numpy as np
+
+    from calibrate.datatypes import CalibrationData
+
+    class Rows:
+        def load(self, idx):
+            return {"x": np.asarray(idx, dtype=np.float32)[:, None]}
+    return CalibrationData(Rows(), n, labels, "rows")
+
+
+def _logits(labels, wrong, scale):
+    """A module whose logits are `scale` · one-hot(label), on the wrong class where `wrong`."""
+    import torch
+
+    target = torch.as_tensor(labels)
+    target = torch.where(torch.as_tensor(wrong), (target + 1) % 3, target)
+    table = scale * torch.nn.functional.one_hot(target, 3).float()
+
+    class Lookup(torch.nn.Module):
+        def forward(self, x):
+            return (table[x[:, 0].long()],)
+    return Lookup()
+
+
+@pytest.mark.parametrize("use_labels", [True, False])
+def test_checkpoints_keep_the_lowest_held_out_loss_not_the_top1_count(use_labels):
+    """Step 1 is right more often (95 %) but confidently wrong; step 2 is right 90 % of the time
+    and close to the teacher: its held-out loss is lower, so it is kept."""
+    import numpy as np
+    import torch
+
+    from calibrate.guard import Checkpoints
+    from onnxprune.model.outputs import OutputKind
+
+    n = 200
+    labels = np.arange(n) % 3
+    rng = np.random.default_rng(0)
+    teacher = _logits(labels, np.zeros(n, bool), 1.0)
+    sure = _logits(labels, rng.random(n) < 0.05, 50.0)
+    close = _logits(labels, rng.random(n) < 0.10, 1.0)
+    checks = Checkpoints(teacher, _held(n, labels), [OutputKind(True, False)], use_labels,
+                         every=1, device=torch.device("cpu"), temperature=4.0)
+    checks.judge(1, sure)
+    checks.judge(2, close)
+    assert checks.best_step == 2
+    checks.judge(3, sure)
+    assert checks.best_step == 2 and [s for s, _ in checks.history] == [1, 2, 3]
