@@ -30,20 +30,21 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from calibrate.onnxread import (
+    UnsupportedModel,
+    attributes,
+    consumed,
+    default_opset,
+    initializer_roles,
+    to_array,
+)
 from calibrate.ops import OPS, Spec, Unsupported
-from onnxprune.errors import UserError
-from onnxprune.model import external
 
-_SCHEMA_DEFAULTS: dict[tuple[str, int], tuple[int, dict]] = {}
-_CONTROL_SLOTS = {"Resize": (1, 2, 3), "Upsample": (1,)}  # float inputs that are not weights
-_BN_STATS = (3, 4)
+__all__ = ["NodeIO", "OnnxModule", "UnsupportedModel"]
+
 _NONE = 0  # slot 0 always holds None: absent inputs and unused outputs point there
 _NO_IMPL = {"Loop": "Loop is control flow with a data-dependent trip count",
             "Scan": "Scan is control flow over a sequence"}
-
-
-class UnsupportedModel(UserError):
-    """A node (op, attribute value or input form) has no exact torch implementation."""
 
 
 class NodeIO(NamedTuple):
@@ -114,7 +115,7 @@ class OnnxModule(torch.nn.Module):
 
     def __init__(self, model: onnx.ModelProto):
         super().__init__()
-        self.opset = _default_opset(model)
+        self.opset = default_opset(model)
         self._names: dict[str, tuple[str, bool]] = {}  # ONNX name -> (registered name, param)
         self._taken: set[str] = set()
         self._folded: set[int] = set()  # node indices evaluated at construction
@@ -196,10 +197,10 @@ class OnnxModule(torch.nn.Module):
         prog = _Program()
         consts: dict[str, np.ndarray] = {}  # build-time values (initializers, Constants)
         foldable: set[str] = set()  # constant shape values: nodes reading only these fold
-        roles = _initializer_roles(graph) if top else {}
-        consumed = _consumed(graph)
+        roles = initializer_roles(graph) if top else {}
+        read = consumed(graph)
         for init in graph.initializer:
-            value = _to_array(init)
+            value = to_array(init)
             consts[init.name] = value
             kind = roles.get(init.name, "param") if top else "buffer"
             self._add_const(prog, init.name, value, kind, top)
@@ -222,7 +223,7 @@ class OnnxModule(torch.nn.Module):
                         outer_refs.append(name)
                         prog.input_names.append(name)
                         prog.inputs.append(prog.slot(name))
-            used = [bool(o) and o in consumed for o in node.output]
+            used = [bool(o) and o in read for o in node.output]
             spec = self._spec(node, consts, used, prog.keys, local | (outer or set()))
             fn = _build(spec)
             if top:
@@ -252,7 +253,7 @@ class OnnxModule(torch.nn.Module):
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModel(f"{node.op_type} node {node.name!r}: custom domain "
                                    f"{node.domain!r} has no torch implementation")
-        since, attrs = _attributes(node, self.opset)
+        since, attrs = attributes(node, self.opset)
         spec = Spec(node=node, attrs=attrs, since=since,
                     consts=[consts.get(n) if n else None for n in node.input],
                     outputs_used=used,
@@ -312,72 +313,6 @@ class OnnxModule(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return entry.version
-    raise UnsupportedModel("the model imports no default-domain opset")
-
-
-def _to_array(init: onnx.TensorProto) -> np.ndarray:
-    try:
-        return external.value(init)  # lazy weights (onnxprune/external.py) are read here
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        raise UnsupportedModel(f"initializer {init.name!r}: cannot read it ({exc})") from None
-
-
-def _initializer_roles(graph: onnx.GraphProto) -> dict[str, str]:
-    """BatchNormalization running statistics and Resize scales are buffers, not weights."""
-    roles = {}
-    for node in graph.node:
-        slots = _BN_STATS if node.op_type == "BatchNormalization" else \
-            _CONTROL_SLOTS.get(node.op_type, ())
-        for slot in slots:
-            if slot < len(node.input) and node.input[slot]:
-                roles[node.input[slot]] = "buffer"
-    return roles
-
-
-def _consumed(graph: onnx.GraphProto) -> set[str]:
-    """Names read by some node (or its subgraphs) or listed as graph outputs."""
-    names = {o.name for o in graph.output}
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names |= _consumed(sub)
-    return names
-
-
-def _attributes(node: onnx.NodeProto, opset: int) -> tuple[int, dict]:
-    """(schema version, attributes with the schema defaults at this opset filled in)."""
-    key = (node.op_type, opset)
-    if key not in _SCHEMA_DEFAULTS:
-        try:
-            schema = onnx.defs.get_schema(node.op_type, opset, "")
-        except onnx.defs.SchemaError:
-            raise UnsupportedModel(f"{node.op_type} node {node.name!r}: not an ONNX op at "
-                                   f"opset {opset}") from None
-        defaults = {}
-        for name, attr in schema.attributes.items():
-            if attr.default_value.type != onnx.AttributeProto.UNDEFINED:
-                defaults[name] = _decode(helper.get_attribute_value(attr.default_value))
-        _SCHEMA_DEFAULTS[key] = (schema.since_version, defaults)
-    since, defaults = _SCHEMA_DEFAULTS[key]
-    values = dict(defaults)
-    for attr in node.attribute:
-        values[attr.name] = _decode(helper.get_attribute_value(attr))
-    return since, values
-
-
-def _decode(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
-    return value
-
 
 def _build(spec: Spec) -> Callable:
     node = spec.node
