@@ -217,10 +217,10 @@ def unreachable_message(before: Costs, floor: Costs, target: Target, groups,
     reach = cost_value(floor, kind) / max(cost_value(before, kind), 1e-12)
     total = max(before.mem, 1)
     held = [(unit_mem[g.units].sum() / total, g) for g in groups if g.blocked]
+    blocked = sum(share for share, _ in held)
     held = sorted((h for h in held if h[0] >= 0.005), key=lambda h: -h[0])
     why = "; ".join(f"{share:.0%} of M in {g.channels} ch at {g.tensors[0]} "
                     f"({(g.reasons or g.rule_errors or ['?'])[0]})" for share, g in held[:3])
-    blocked = sum(share for share, _ in held)
     return (f"--target-{kind.value} {target.fraction:g} cannot be reached: the reachable minimum "
             f"is {reach:.3f} of the original with what is prunable (blocked groups hold "
             f"{blocked:.0%} of M; the rest is what each prunable group keeps under --round-to "
