@@ -42,3 +42,36 @@ def test_a_row_is_dominated_only_by_a_fisher_row_as_good_and_as_fast(front):
     assert front.dominated(slower_worse, [fisher]).startswith("yes")
     assert front.dominated(faster, [fisher]) == "**no**"
     assert front.dominated(better, [fisher]) == "**no**"
+
+
+def test_seeds_per_row_and_stored_only(front):
+    """Fine-tuning draws batches by the seed, so every method runs every seed then; with
+    --stored-only a row takes the seeds the store has and nothing new is pruned."""
+    from pathlib import Path as P
+
+    class FakeStore:
+        def __init__(self, keys):
+            self.keys, self.ran = keys, []
+
+        def has(self, key):
+            return key in self.keys
+
+        def run(self, key, make):
+            self.ran.append(key)
+            return {"top1": 0.5, "key": key}
+
+    def args(steps, stored_only, methods=("fisher-r4", "tp-magnitude-1")):
+        return front._parse(["--targets", "0.5", "--seeds", "0,1", "--methods",
+                             ",".join(methods), "--steps", str(steps)]
+                            + (["--stored-only"] if stored_only else []))
+
+    for steps, tp_seeds in ((0, 1), (300, 2)):
+        case = front.Case("resnet20", "folded", P("m.onnx"), P("t.npz"), steps)
+        store = FakeStore(set())
+        rows = front._rows(case, store, args(steps, False))
+        assert [len(r["top1"]) for r in rows] == [2, tp_seeds]
+    case = front.Case("resnet20", "folded", P("m.onnx"), P("t.npz"), 0)
+    store = FakeStore({front._key(case, "fisher-r4", 0.5, 1)})
+    rows = front._rows(case, store, args(0, True))
+    assert [(r["method"], len(r["top1"])) for r in rows] == [("fisher-r4", 1)]
+    assert store.ran == [front._key(case, "fisher-r4", 0.5, 1)]

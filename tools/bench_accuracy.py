@@ -179,6 +179,12 @@ class Store:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         self.runs.update((r["key"], r) for r in map(json.loads, lines))
 
+    def has(self, key: str) -> bool:
+        """A finished run of `key` is in the store, its file included."""
+        if key not in self.runs:
+            self._reload()
+        return key in self.runs and (self.dir / self.runs[key]["file"]).exists()
+
     def run(self, key: str, make) -> dict:
         if key not in self.runs:
             self._reload()

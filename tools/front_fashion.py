@@ -3,7 +3,7 @@ onnxsim on the same trained files, at the same feature-map memory, as a table an
 
     python tools/front_fashion.py --models resnet20 --forms folded --targets 0.7,0.5,0.3 \
         --seeds 0,1,2 [--steps 0] [--train 2000] [--methods a,b] [--one-seed a,b] \
-        [--out DIR] [--runs 100] [--plot] [--no-latency]
+        [--out DIR] [--runs 100] [--plot] [--no-latency] [--stored-only]
 
 For every model (models/fashion.py, trained once and cached), BN form (`kept`: BN nodes in the
 file; `folded`: BN folded into the convs, as exporters write by default), memory target M and
@@ -45,7 +45,9 @@ and every method's first-seed file of a (model, form) interleaved, median of `--
 batch 32 on a copy with a symbolic batch, the time of the whole batch). A row is *dominated*
 when some `fisher*` row (any rounds) of the same model and form is at least as accurate and
 at most 1 % slower at batch 32. Every prune is kept in `--out` (results.jsonl + the files),
-so a rerun resumes; `--plot` writes front.png (needs matplotlib).
+so a rerun resumes; `--stored-only` assembles the table and plot from what parallel workers
+stored (each (method, target) with the seeds it has); `--plot` writes front.png (needs
+matplotlib).
 """
 from __future__ import annotations
 
@@ -271,6 +273,10 @@ def _rows(case: Case, store: Store, args) -> list[dict]:
         for method in args.methods:
             fixed = method in args.one_seed or (method in DETERMINISTIC and not case.steps)
             seeds = args.seeds[:1] if fixed else args.seeds
+            if args.stored_only:
+                seeds = [s for s in seeds if store.has(_key(case, method, target, s))]
+                if not seeds:
+                    continue
             try:
                 records = [store.run(_key(case, method, target, s), make(case, method, target, s))
                            for s in seeds]
@@ -341,6 +347,9 @@ def _parse(argv):
     p.add_argument("--plot", action="store_true", help="write front.png to --out")
     p.add_argument("--one-seed", default="", metavar="M,M",
                    help="methods run at the first seed only (a budget; the table says so)")
+    p.add_argument("--stored-only", action="store_true",
+                   help="table, latency and plot of the prunes already in --out (what parallel "
+                        "workers made); nothing new is pruned")
     p.add_argument("--no-latency", action="store_true",
                    help="prune and evaluate only (parallel workers; a last run without it "
                         "reuses their files and times them on a quiet machine)")
