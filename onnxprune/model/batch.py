@@ -69,13 +69,15 @@ def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
     free.CopyFrom(model)
     graph = free.graph
     inits = {i.name: i for i in graph.initializer}
-    targets = {**{n: numpy_helper.to_array(i) for n, i in inits.items()}, **_constant_nodes(graph)}
+    consts = _constant_nodes(graph)
     batched = _batched_tensors(free)
     for node in graph.node:
         if (node.op_type != "Reshape" or node.input[0] not in batched
-                or node.input[1] not in targets):
+                or (node.input[1] not in inits and node.input[1] not in consts)):
             continue
-        target = np.array(targets[node.input[1]]).copy()
+        held = inits.get(node.input[1])  # decode only Reshape targets, never the weights
+        target = (numpy_helper.to_array(held) if held is not None
+                  else np.array(consts[node.input[1]])).copy()
         if target.ndim != 1 or len(target) == 0 or target[0] != b0 or (target == 0).any():
             continue
         _drop_allowzero(node)  # without zeros in the target it changes nothing; 0 must copy
