@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.models.fuzzattention import self_attention
+from onnxprune.models.fuzzhead import feature, live, merge
 
 OPSETS = (11, 13, 17, 18, 21)
 INT64_MAX = 2**63 - 1
@@ -338,36 +339,6 @@ BLOCKS = [(b_conv, 6), (b_depthwise, 2), (b_grouped, 2), (bn, 1), (act, 2), (b_r
 
 
 # ---------------------------------------------------------------- head and assembly
-def _gemm(g: _G, a: str, k: int, n: int) -> str:
-    """Gemm(transB=1) of a [1, k] tensor to [1, n], bias C optional (since opset 11)."""
-    ins = [a, g.weight(g.rng.normal(0, 1 / np.sqrt(k), (n, k)))]
-    if g.rng.random() < 0.7:
-        ins.append(g.weight(g.rng.normal(0, 0.1, n)))
-    return g.op("Gemm", ins, n, 0, keep=False, transB=1).name
-
-
-def _feature(g: _G, x: T, flat: bool, n: int) -> str:
-    """[1, n] of x: GlobalAveragePool -> Flatten -> Gemm, or Flatten of the whole map -> Gemm."""
-    if flat and x.c * x.s * x.s <= 8192:
-        f = g.op("Flatten", [x.name], 0, 0, keep=False, axis=1)
-        return _gemm(g, f.name, x.c * x.s * x.s, n)
-    p = g.op("GlobalAveragePool", [x.name], x.c, 1, keep=False)
-    f = g.op("Flatten", [p.name], 0, 0, keep=False, **({"axis": 1} if g.rng.random() < 0.5 else {}))
-    return _gemm(g, f.name, x.c, n)
-
-
-def _merge(g: _G, names: list[str], add: bool) -> str:
-    """Add chain or one Concat(axis=1) of several branch outputs."""
-    if len(names) == 1:
-        return names[0]
-    if not add:
-        return g.op("Concat", names, 0, 0, keep=False, axis=1).name
-    out = names[0]
-    for other in names[1:]:
-        out = g.op("Add", [out, other], 0, 0, keep=False).name
-    return out
-
-
 def _head(g: _G, rng: np.random.Generator) -> tuple[str, list[int]]:
     """Turn the unconsumed tensors into one output; returns (name, shape)."""
     g.rng = rng
@@ -379,25 +350,15 @@ def _head(g: _G, rng: np.random.Generator) -> tuple[str, list[int]]:
         x = same[-1]
         if len(same) > 1:
             add = all(t.c == x.c for t in same) and rng.random() < 0.5
-            x = T(_merge(g, [t.name for t in same], add),
+            x = T(merge(g, [t.name for t in same], add),
                   x.c if add else sum(t.c for t in same), x.s)
         y = conv(g, x, n, k=int(rng.choice([1, 3])), keep=False)
         return y.name, [1, n, y.s, y.s]
     leaves = leaves[-4:]
     add = rng.random() < 0.5
     ns = [n if add else int(rng.integers(1, 17)) for _ in leaves]
-    feats = [_feature(g, t, kind == "flat", k) for t, k in zip(leaves, ns)]
-    return _merge(g, feats, add), [1, n if add else sum(ns)]
-
-
-def _live(nodes: list, inits: list, out: str) -> tuple[list, list]:
-    """Drop nodes (and initializers) that do not reach ``out``."""
-    need, keep = {out}, []
-    for node in reversed(nodes):
-        if any(o in need for o in node.output):
-            keep.append(node)
-            need.update(i for i in node.input if i)
-    return keep[::-1], [t for t in inits if t.name in need]
+    feats = [feature(g, t, kind == "flat", k) for t, k in zip(leaves, ns)]
+    return merge(g, feats, add), [1, n if add else sum(ns)]
 
 
 def random_cnn(seed: int, max_nodes: int = 14) -> onnx.ModelProto:
@@ -418,7 +379,7 @@ def random_cnn(seed: int, max_nodes: int = 14) -> onnx.ModelProto:
     for node in g.nodes:
         if node.output[0] == out:
             node.output[0] = "output"
-    nodes, inits = _live(g.nodes, g.inits, "output")
+    nodes, inits = live(g.nodes, g.inits, "output")
     graph = helper.make_graph(
         nodes, f"random_cnn_{seed}",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, s, s])],
