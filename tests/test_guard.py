@@ -3,10 +3,14 @@ written, bad results are loud, and --min-agreement stops the run. The end-to-end
 fine-tuning made to hurt) is in test_finetune.py, on its trained tiny task."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
-from calibrate.guard import best, require_agreement, score, warnings
+from calibrate.datatypes import CalibrationData
+from calibrate.guard import Checkpoints, best, require_agreement, score, warnings
 from onnxprune.errors import UserError
+from onnxprune.model.outputs import OutputKind
 
 
 def _fid(agreement, acc=None, acc_original=0.9):
@@ -49,10 +53,6 @@ def test_min_agreement():
 
 
 def _held(n: int, labels):
-    import numpy as np
-
-    from calibrate.datatypes import CalibrationData
-
     class Rows:
         def load(self, idx):
             return {"x": np.asarray(idx, dtype=np.float32)[:, None]}
@@ -61,8 +61,6 @@ def _held(n: int, labels):
 
 def _logits(labels, wrong, scale):
     """A module whose logits are `scale` · one-hot(label), on the wrong class where `wrong`."""
-    import torch
-
     target = torch.as_tensor(labels)
     target = torch.where(torch.as_tensor(wrong), (target + 1) % 3, target)
     table = scale * torch.nn.functional.one_hot(target, 3).float()
@@ -77,12 +75,6 @@ def _logits(labels, wrong, scale):
 def test_checkpoints_keep_the_lowest_held_out_loss_not_the_top1_count(use_labels):
     """Step 1 is right more often (95 %) but confidently wrong; step 2 is right 90 % of the time
     and close to the teacher: its held-out loss is lower, so it is kept."""
-    import numpy as np
-    import torch
-
-    from calibrate.guard import Checkpoints
-    from onnxprune.model.outputs import OutputKind
-
     n = 200
     labels = np.arange(n) % 3
     rng = np.random.default_rng(0)
